@@ -1,0 +1,1 @@
+"""Shared building blocks of the training scripts: data, models, losses, schedule, metrics."""
