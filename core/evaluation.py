@@ -1,0 +1,80 @@
+"""Inference and evaluation: one model or the softmax average of several (multi-band ensemble).
+
+Protocol (the official UDA code's): images are fed at the model's working size, logits are
+upsampled bilinearly to the label's size, and the confusion matrix is accumulated over the
+whole set. Both sizes are reported with every result, since published numbers move with them.
+"""
+import torch
+import torch.nn.functional as F
+
+from core.checkpoint import load_checkpoint, load_weights
+from core.datasets import normalize
+from core.labels import NUM_CLASSES
+from core.metrics import ConfusionMatrix
+from core.models import build_model
+
+
+def resize_images(images, size):
+    """Resize a batch of 0-255 images to (H, W), bilinear with antialiasing when shrinking."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images.float()
+    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
+                         antialias=True)
+
+
+@torch.inference_mode()
+def predict_logits(model, images, size, out_size):
+    """Logits of `model` (in eval mode) for uint8 images fed at `size`, upsampled to `out_size`."""
+    logits = model(normalize(resize_images(images, size)))
+    return F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+
+
+@torch.inference_mode()
+def predict_probs(models, sizes, images, out_size):
+    """Softmax averaged over models (FDA's multi-band transfer, Yang & Soatto 2020, Eq. 6)."""
+    probs = sum(predict_logits(m, images, s, out_size).softmax(1) for m, s in zip(
+        models, sizes, strict=True))
+    return probs / len(models)
+
+
+@torch.inference_mode()
+def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress=None):
+    """Confusion matrix of the (ensembled) prediction over a labelled loader, all ranks summed.
+
+    A single model is scored by the argmax of its logits, an ensemble by the argmax of the
+    mean softmax; the two agree for an ensemble of one.
+    """
+    for m in models:
+        m.eval()
+    cm = ConfusionMatrix(num_classes)
+    batches = progress(loader) if progress else loader
+    for batch in batches:
+        images = batch["image"].to(device, non_blocking=True)
+        labels = batch["label"].to(device, non_blocking=True)
+        out_size = tuple(labels.shape[-2:])
+        with autocast() if autocast else torch.autocast(device.type, enabled=False):
+            if len(models) == 1:
+                pred = predict_logits(models[0], images, sizes[0], out_size).argmax(1)
+            else:
+                pred = predict_probs(models, sizes, images, out_size).argmax(1)
+        cm.update(pred, labels)
+    return cm.reduce()
+
+
+def select_device(name):
+    """--device auto | cpu | cuda."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
+    return torch.device(name)
+
+
+def load_model(path, device, size=None):
+    """(model in eval mode, its working size, stored args) rebuilt from a checkpoint."""
+    state = load_checkpoint(path)
+    stored = state["args"]
+    model = build_model(stored["model"], NUM_CLASSES, stored["backbone"], pretrained="none")
+    load_weights(model, state["model"], path)
+    working_size = tuple(size or stored.get("val_size") or stored.get("target_size"))
+    return model.to(device).eval(), working_size, stored

@@ -1,0 +1,130 @@
+"""Evaluate checkpoints on Cityscapes val: pixel accuracy, mIoU and per-class IoU.
+
+Each model is rebuilt from the arguments stored in its checkpoint, so no model flags are
+needed; the data root defaults to the validation root stored there too.
+
+    python evaluate.py runs/gta/best.pth
+    python evaluate.py runs/city/best.pth runs/gta/best.pth runs/gta_aug/best.pth --markdown
+    python evaluate.py runs/fda_b*/best.pth --ensemble        # multi-band ensemble (MBT)
+    python evaluate.py runs/gta/best.pth --json gta.json --save-vis vis/gta
+
+Protocol: images are fed at the working size stored in the checkpoint (--size overrides it)
+and the logits are upsampled to the full label size; both sizes are printed with each result.
+"""
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from core.datasets import GTA5, Cityscapes
+from core.evaluation import evaluate, load_model, predict_probs, select_device
+from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
+from core.metrics import format_table
+from core.training import entry
+
+
+def main(args):
+    device = select_device(args.device)
+    loaded = [load_model(path, device, args.size) for path in args.checkpoints]
+    data_root = args.data_root or loaded[0][2].get("val_root")
+    if data_root is None:
+        raise ValueError("no --data-root given and none stored in the checkpoint")
+    if args.dataset == "gta5":   # e.g. held-out source frames, to measure the domain gap
+        if args.data_root is None:
+            raise ValueError("--dataset gta5 needs --data-root (a folder in the GTA5 layout)")
+        val_set = GTA5(data_root, split=args.split, size=None)
+    else:
+        val_set = Cityscapes(data_root, split=args.split, size=None)
+    # GTA5 frames may differ in size: one per batch there.
+    batch_size = 1 if args.dataset == "gta5" else args.batch_size
+    loader = DataLoader(val_set, batch_size=batch_size, num_workers=args.workers)
+    label_size = tuple(val_set[0]["label"].shape)
+    # One model per row, or one row for the softmax average of all of them.
+    groups = [loaded] if args.ensemble else [[one] for one in loaded]
+    names = ["ensemble of " + ", ".join(args.checkpoints)] if args.ensemble else args.checkpoints
+
+    rows = []
+    for name, group in zip(names, groups, strict=True):
+        models, sizes = [m for m, _, _ in group], [s for _, s, _ in group]
+        result = evaluate(models, sizes, loader, device, NUM_CLASSES).compute()
+        sizes_text = ", ".join(f"{h}x{w}" for h, w in sizes)
+        result.update(checkpoint=name, input_size=sizes_text, images=len(val_set),
+                      label_size=f"{label_size[0]}x{label_size[1]}")
+        rows.append(result)
+        print(f"\n{name}\n  {args.split} of {data_root}: {len(val_set)} images, input "
+              f"{sizes_text} (HxW), logits upsampled to labels {result['label_size']}")
+        print(format_table(result))
+        if args.save_vis:
+            save_panels(models, sizes, val_set, device, Path(args.save_vis), args.vis_count)
+    if args.markdown:
+        print_markdown(rows)
+    if args.json:
+        write_json(rows, args.json)
+
+
+def save_panels(models, sizes, dataset, device, out_dir, count):
+    """image | ground truth | prediction, in the Cityscapes colours, one PNG per image."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(min(count, len(dataset))):
+        item = dataset[i]
+        image = item["image"].unsqueeze(0).to(device)
+        probs = predict_probs(models, sizes, image, tuple(item["label"].shape))
+        pred = probs.argmax(1)[0].cpu().numpy()
+        panel = np.concatenate([item["image"].permute(1, 2, 0).numpy(),
+                                colorize(item["label"].numpy()), colorize(pred)], axis=1)
+        Image.fromarray(panel).save(out_dir / (item["name"].replace("/", "_") + ".png"))
+    print(f"  wrote {min(count, len(dataset))} panels to {out_dir}")
+
+
+def percent(x):
+    return "n/a" if math.isnan(x) else f"{100 * x:.2f}"
+
+
+def print_markdown(rows):
+    print("\n| checkpoint | input (HxW) | pixel acc (%) | mIoU (%) |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['checkpoint']} | {r['input_size']} | {percent(r['pixel_acc'])} "
+              f"| {percent(r['miou'])} |")
+    print("\n| checkpoint | " + " | ".join(CLASS_NAMES) + " |")
+    print("|---" * (NUM_CLASSES + 1) + "|")
+    for r in rows:
+        print(f"| {r['checkpoint']} | " + " | ".join(percent(v) for v in r["iou"]) + " |")
+
+
+def write_json(rows, path):
+    """{"miou", "pixel_acc", "iou": {class: value}} as fractions (a list for several rows)."""
+    objs = [{"checkpoint": r["checkpoint"], "miou": r["miou"], "pixel_acc": r["pixel_acc"],
+             "iou": dict(zip(CLASS_NAMES, r["iou"], strict=True)),
+             "input_size": r["input_size"], "label_size": r["label_size"],
+             "images": r["images"]} for r in rows]
+    Path(path).write_text(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="best.pth / last.pth files")
+    p.add_argument("--data-root", help="Cityscapes folder (default: stored in the checkpoint)")
+    p.add_argument("--dataset", choices=("cityscapes", "gta5"), default="cityscapes")
+    p.add_argument("--split", default="val",
+                   help="Cityscapes split folder, or a GTA5 list file (its name in the root)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="input size, overriding the working size stored in the checkpoint")
+    p.add_argument("--ensemble", action="store_true",
+                   help="average the softmax of all checkpoints (multi-band ensemble)")
+    p.add_argument("--markdown", action="store_true", help="print the results table")
+    p.add_argument("--json", help="write the result(s) to this JSON file")
+    p.add_argument("--save-vis", metavar="DIR", help="write image | label | prediction panels")
+    p.add_argument("--vis-count", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    entry(main, parse_args)

@@ -1,0 +1,110 @@
+"""Pseudo labels for the target training set (BDL's max-probability threshold).
+
+Runs the unlabelled Cityscapes training images through one model, or the softmax average
+of several (the multi-band ensemble of FDA), and keeps a pixel's predicted class only where
+its probability reaches its class's threshold (Li et al. 2019, BDL sec. 3.3):
+
+    threshold_c = min(cap, q-quantile of max-probability over the pixels predicted c)
+
+    python gen_pseudo.py runs/fda_b0.01/best.pth runs/fda_b0.05/best.pth \\
+        runs/fda_b0.09/best.pth --out runs/pseudo            # BDL: q = 0.5, cap 0.9
+    python gen_pseudo.py runs/adv/best.pth --out runs/pseudo_adv --quantile 0.66
+    python train_fda.py ... --pseudo runs/pseudo             # the self-training round
+
+Two passes in constant memory: the first builds per-class histograms of the max
+probability (the official scripts keep every probability, ~25 GB on Cityscapes), the second
+predicts again and writes `<out>/<city>/<stem>.png` (uint8 train ids, 255 = ignore) at the
+working size, where the pseudo-label dataset pairs each with its image.
+"""
+import argparse
+import json
+from pathlib import Path
+
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from core.datasets import Cityscapes
+from core.evaluation import load_model, predict_probs, select_device
+from core.labels import CLASS_NAMES
+from core.pseudo import ProbHistogram, apply_thresholds
+from core.training import entry
+
+
+def predictions(models, sizes, loader, device, out_size):
+    """Yield (names, max probability, argmax) per batch of the (ensembled) models."""
+    for batch in loader:
+        probs = predict_probs(models, sizes, batch["image"].to(device), out_size)
+        prob, label = probs.max(1)
+        yield batch["name"], prob, label
+
+
+def main(args):
+    device = select_device(args.device)
+    loaded = [load_model(path, device) for path in args.checkpoints]
+    models, sizes, stored = [m for m, _, _ in loaded], [s for _, s, _ in loaded], loaded[0][2]
+    data_root = args.data_root or stored.get("target_root") or stored.get("val_root")
+    if data_root is None:
+        raise ValueError("no --data-root given and no target root stored in the checkpoint")
+    out_size = tuple(args.size or sizes[0])   # pseudo labels at the target working size
+    images = Cityscapes(data_root, split=args.split, size=out_size, labelled=False)
+    loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers)
+
+    ## pass 1: per-class histograms of the max probability -> thresholds
+    hist = ProbHistogram(bins=args.bins, device=device)
+    for _, prob, label in predictions(models, sizes, loader, device, out_size):
+        hist.update(prob, label)
+    thresholds = hist.thresholds(quantile=args.quantile, cap=args.cap)
+    kept = hist.kept_fraction(thresholds)
+
+    ## pass 2: predict again, drop pixels under their class's threshold, write PNGs
+    out = Path(args.out)
+    for names, prob, label in predictions(models, sizes, loader, device, out_size):
+        pseudo = apply_thresholds(label, prob, thresholds).cpu().numpy()
+        for name, pseudo_map in zip(names, pseudo, strict=True):
+            path = out / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pseudo_map).save(path)
+
+    report = {"checkpoints": args.checkpoints, "data_root": str(data_root), "split": args.split,
+              "size": list(out_size), "quantile": args.quantile, "cap": args.cap,
+              "images": len(images), "classes": {
+                  name: {"threshold": t, "kept": None if n == 0 else k, "pixels": n}
+                  for name, t, k, n in zip(CLASS_NAMES, thresholds.tolist(), kept.tolist(),
+                                           hist.counts.sum(1).tolist(), strict=True)}}
+    (out / "thresholds.json").write_text(json.dumps(report, indent=2))
+    print_report(report, out)
+
+
+def print_report(report, out):
+    print(f"{report['images']} pseudo labels ({report['size'][0]}x{report['size'][1]}) "
+          f"in {out}; quantile {report['quantile']}, cap {report['cap']}")
+    print(f"{'class':<14} threshold  kept (%)  predicted pixels")
+    for name, c in report["classes"].items():
+        kept = "n/a" if c["kept"] is None else f"{100 * c['kept']:.1f}"
+        print(f"{name:<14} {c['threshold']:9.4f}  {kept:>8}  {c['pixels']:>16,}")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoints", nargs="+", help="one model, or several to ensemble")
+    p.add_argument("--out", required=True, help="folder for the pseudo-label PNGs")
+    p.add_argument("--data-root", help="Cityscapes folder (default: the checkpoint's target)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
+                   help="size of the pseudo labels (default: the model's working size)")
+    p.add_argument("--quantile", type=float, default=0.5,
+                   help="per-class quantile of the max probability (BDL 0.5, FDA code 0.66)")
+    p.add_argument("--cap", type=float, default=0.9, help="upper bound of every threshold")
+    p.add_argument("--bins", type=int, default=10000, help="histogram bins on [0, 1]")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    args = p.parse_args(argv)
+    if not 0 <= args.quantile <= 1:
+        p.error(f"--quantile {args.quantile}: expected a value in [0, 1]")
+    return args
+
+
+if __name__ == "__main__":
+    entry(main, parse_args)

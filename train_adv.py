@@ -1,0 +1,174 @@
+"""Adversarial output-space adaptation (AdaptSegNet, Tsai et al. 2018), single level.
+
+Step 3 of the brief: adapt a segmenter from labelled GTA5 to unlabelled Cityscapes by
+training it to make its softmax maps on target images look like those on source images to
+a discriminator: the fully convolutional one (`fcd`) or its depthwise-separable light
+version (`dsc`).
+
+    python train_adv.py --source-root data/GTA5 --target-root data/Cityscapes --disc fcd
+    python train_adv.py --source-root data/GTA5 --target-root data/Cityscapes --disc dsc \\
+        --lr 2.5e-4 --model deeplabv2 --out runs/adv_dsc
+    python train_adv.py --demo --disc dsc --out runs/demo_adv_dsc
+    torchrun --nproc_per_node 4 train_adv.py ...
+    # self-training round: also fit the target pseudo labels written by gen_pseudo.py
+    python train_adv.py ... --pseudo runs/pseudo --lambda-pseudo 1.0
+
+Each iteration (AdaptSegNet sec. 3.2-3.3, Eq. 3-5):
+  1. segmenter on a source batch: L_seg = CE(main) + CE(aux heads) on source labels;
+  2. segmenter on a target batch (labels never read): L_adv = BCE(D(softmax(P_t)), source)
+     times --lambda-adv; D's parameters take no gradient in this step;
+  3. D on the detached source and target softmax maps: source label 0, target label 1,
+     each domain's term halved.
+"""
+import torch
+
+from core import cli
+from core.datasets import normalize
+from core.evaluation import evaluate
+from core.labels import NUM_CLASSES
+from core.losses import bce_domain_loss, seg_loss_sum
+from core.models import build_discriminator, build_model, param_groups
+from core.profiling import count_macs, count_parameters
+from core.runtime import Run, Stream, Timer
+from core.schedule import poly_scheduler
+from core.training import build_criterion, checkpoint_state, entry, log_epoch, resume
+
+SOURCE_LABEL, TARGET_LABEL = 0, 1
+
+
+def segmenter_step(run, model, disc, criterion, source, target, args):
+    """Steps 1 and 2: supervised loss on source, adversarial (and pseudo-label) loss on target.
+
+    Returns the detached source and target softmax maps for the discriminator's step.
+    """
+    disc = run.unwrap(disc)                 # no DDP hooks: D only passes gradients through
+    disc.requires_grad_(False)
+    with run.autocast():
+        src_out = model(normalize(source["image"]))
+        loss_seg = seg_loss_sum(criterion, src_out, source["label"])
+    run.backward(loss_seg)                  # frees the source graph before the target pass
+    with run.autocast():
+        trg_out = model(normalize(target["image"]))
+        trg_prob = trg_out[0].float().softmax(1)
+        loss_adv = bce_domain_loss(disc(trg_prob), SOURCE_LABEL)
+        loss_trg = args.lambda_adv * loss_adv
+        if "label" in target:               # self-training: CE on target pseudo labels
+            loss_trg = loss_trg + args.lambda_pseudo * seg_loss_sum(
+                criterion, trg_out, target["label"])
+    run.backward(loss_trg)
+    disc.requires_grad_(True)
+    losses = {"loss_seg": loss_seg.detach(), "loss_adv": loss_adv.detach()}
+    return src_out[0].detach().float().softmax(1), trg_prob.detach(), losses
+
+
+def discriminator_step(run, disc, src_prob, trg_prob):
+    """Step 3: D learns source = 0, target = 1; one forward over both (D has no BN)."""
+    with run.autocast():
+        d_out = disc(torch.cat([src_prob, trg_prob]))
+        d_src, d_trg = d_out[: len(src_prob)], d_out[len(src_prob):]
+        loss_d = 0.5 * bce_domain_loss(d_src, SOURCE_LABEL) + \
+            0.5 * bce_domain_loss(d_trg, TARGET_LABEL)
+    run.backward(loss_d)
+    return {"loss_d": loss_d.detach(), "d_acc_source": (d_src < 0).float().mean(),
+            "d_acc_target": (d_trg > 0).float().mean()}
+
+
+def main(args):
+    run = Run(args, "train_adv")
+
+    ## data: labelled source, unlabelled target (with pseudo labels for self-training)
+    source_set, target_set = cli.build_source(args), cli.build_target(args, args.pseudo)
+    source = Stream(run.loader(source_set, args.batch_size, train=True, workers=args.workers))
+    target = Stream(run.loader(target_set, args.batch_size, train=True, workers=args.workers))
+    val_loader = run.loader(cli.build_val(args), min(args.batch_size, 4), train=False,
+                            workers=args.workers)
+    iters_per_epoch = args.iters_per_epoch or len(source.loader)
+
+    ## segmenter and discriminator, each with its optimiser and poly schedule
+    model = run.prepare(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
+    disc = run.prepare(build_discriminator(args.disc, NUM_CLASSES))
+    optimizer = cli.build_optimizer(
+        args, param_groups(run.unwrap(model), args.lr, args.weight_decay))
+    optimizer_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
+    scheduler = poly_scheduler(optimizer, args.epochs * iters_per_epoch)
+    scheduler_d = poly_scheduler(optimizer_d, args.epochs * iters_per_epoch)
+    criterion = build_criterion(args, source_set)
+    parts = {"model": model, "disc": disc, "optimizer": optimizer, "optimizer_d": optimizer_d,
+             "scheduler": scheduler, "scheduler_d": scheduler_d,
+             "source_stream": source, "target_stream": target}
+    start_epoch, best_miou = resume(run, args, **parts)
+    run.start_log(resumed_from=args.resume)
+    log_discriminator_profile(run, args)
+
+    ## train loop
+    for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
+        timer, sums = Timer(), {}
+        model.train()
+        bar = run.progress(range(iters_per_epoch), f"epoch {epoch + 1}/{args.epochs}")
+        for i in bar:
+            iteration = epoch * iters_per_epoch + i
+            src_batch, trg_batch = run.batch(source.next()), run.batch(target.next())
+            src_prob, trg_prob, losses = segmenter_step(
+                run, model, disc, criterion, src_batch, trg_batch, args)
+            losses.update(discriminator_step(run, disc, src_prob, trg_prob))
+            run.check_finite(losses["loss_seg"] + losses["loss_adv"] + losses["loss_d"],
+                             iteration)
+            run.step(optimizer, optimizer_d)
+            scheduler.step()
+            scheduler_d.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + value.item()
+            bar.set_postfix(seg=f"{sums['loss_seg'] / (i + 1):.3f}",
+                            adv=f"{sums['loss_adv'] / (i + 1):.3f}",
+                            d=f"{sums['loss_d'] / (i + 1):.3f}")
+
+        ## validate on Cityscapes val, log, checkpoint
+        result = evaluate([run.unwrap(model)], [args.val_size], val_loader, run.device,
+                          NUM_CLASSES, autocast=run.autocast).compute()
+        is_best = result["miou"] > best_miou
+        best_miou = max(best_miou, result["miou"])
+        iteration = (epoch + 1) * iters_per_epoch
+        log_epoch(run, epoch, iteration, result, timer, lr=scheduler.get_last_lr()[0],
+                  lr_d=scheduler_d.get_last_lr()[0],
+                  **{k: run.mean_across_ranks(v / iters_per_epoch) for k, v in sums.items()})
+        run.save(checkpoint_state(run, args, epoch, iteration, best_miou, result["miou"],
+                                  **parts), is_best)
+    run.close()
+
+
+def log_discriminator_profile(run, args):
+    """Parameters and FLOPs of the chosen discriminator at the working size (brief, Tables 2-3)."""
+    if not run.is_main:
+        return
+    disc = build_discriminator(args.disc, NUM_CLASSES)
+    total, _ = count_parameters(disc)
+    macs = count_macs(disc, (1, NUM_CLASSES, *args.target_size))
+    record = {"event": "discriminator", "disc": args.disc, "params": total,
+              "gmacs": macs / 1e9, "gflops": 2 * macs / 1e9, "input": list(args.target_size)}
+    run.log(record)
+    print(f"discriminator {args.disc}: {total:,} parameters, {2 * macs / 1e9:.2f} GFLOPs "
+          f"(2 x {macs / 1e9:.2f} G multiply-adds) at {args.target_size[0]}x"
+          f"{args.target_size[1]}", flush=True)
+
+
+def parse_args(argv=None):
+    parser = cli.new_parser(__doc__)
+    cli.add_data_args(parser, target=True)
+    cli.add_model_args(parser)
+    cli.add_optim_args(parser)
+    g = parser.add_argument_group("adversarial adaptation")
+    g.add_argument("--disc", choices=("fcd", "dsc"), default="fcd",
+                   help="fully convolutional (AdaptSegNet) or depthwise-separable light")
+    g.add_argument("--lambda-adv", type=float, default=0.001,
+                   help="weight of the adversarial loss (AdaptSegNet single level)")
+    g.add_argument("--lr-d", type=float, default=1e-4, help="discriminator Adam LR (poly)")
+    g.add_argument("--pseudo", metavar="DIR", help="target pseudo labels from gen_pseudo.py")
+    g.add_argument("--lambda-pseudo", type=float, default=1.0)
+    g.add_argument("--iters-per-epoch", type=int,
+                   help="iterations per epoch (default: one pass over the source)")
+    cli.add_run_args(parser, default_out="runs/adv")
+    return cli.parse(parser, argv)
+
+
+if __name__ == "__main__":
+    entry(main, parse_args)
