@@ -98,7 +98,7 @@ def main(args):
              "source_stream": source, "target_stream": target}
     start_epoch, best_miou = resume(run, args, **parts)
     run.start_log(resumed_from=args.resume)
-    log_discriminator_profile(run, args)
+    log_discriminator_profile(run, run.unwrap(disc), args)
 
     ## train loop
     for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
@@ -136,11 +136,13 @@ def main(args):
     run.close()
 
 
-def log_discriminator_profile(run, args):
-    """Parameters and FLOPs of the chosen discriminator at the working size (brief, Tables 2-3)."""
+def log_discriminator_profile(run, disc, args):
+    """Parameters and FLOPs of the chosen discriminator at the working size (brief, Tables 2-3).
+
+    Counted on a copy of the network: no new model is built, so no random number is drawn
+    (a resumed run must draw exactly what the uninterrupted one did)."""
     if not run.is_main:
         return
-    disc = build_discriminator(args.disc, NUM_CLASSES)
     total, _ = count_parameters(disc)
     macs = count_macs(disc, (1, NUM_CLASSES, *args.target_size))
     record = {"event": "discriminator", "disc": args.disc, "params": total,

@@ -89,10 +89,10 @@ def test_discriminator_learns_on_a_fixed_pair(tmp_path):
     src = torch.softmax(torch.randn(2, 19, 64, 64) + 3 * torch.eye(19)[0].view(1, 19, 1, 1), 1)
     trg = torch.softmax(torch.randn(2, 19, 64, 64) + 3 * torch.eye(19)[5].view(1, 19, 1, 1), 1)
     losses = []
-    for _ in range(30):
+    for _ in range(60):  # DSC sits near ln 2 for ~20 steps, then learns
         losses.append(train_adv.discriminator_step(run, disc, src, trg)["loss_d"].item())
         run.step(opt_d)
-    assert losses[-1] < 0.5 * losses[0]
+    assert losses[-1] < 0.2 * losses[0]
     final = train_adv.discriminator_step(run, disc, src, trg)
     assert final["d_acc_source"] > 0.9 and final["d_acc_target"] > 0.9
 

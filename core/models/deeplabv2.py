@@ -1,0 +1,147 @@
+"""DeepLab-v2 with ResNet-101 (Chen et al., TPAMI 2017), as the DeepLab UDA codebases build it.
+
+- Backbone: the Caffe/DeepLab ResNet-101: stride in the first 1x1 conv of a bottleneck,
+  max-pool with ceil_mode, output stride 8 by dilation (layer3 rate 2, layer4 rate 4, every
+  block of the layer). A 512x1024 input gives 65x129 logits.
+- Classifier: ASPP-L (sec. 3.3, Fig. 4/7): four 3x3 convs with rates 6/12/18/24 on the same
+  feature, their class scores SUMMED. (AdaptSegNet's `Classifier_Module`, copied widely, has a
+  `return` inside its loop and sums only the first two branches; not reproduced here.)
+- Frozen BatchNorm: affine parameters never train and the layers always use their running
+  statistics (Caffe's `use_global_stats`): the UDA codebases train with batch size 1, where
+  batch statistics are meaningless.
+- Optimiser: the classifier at 10x the backbone's learning rate (see `param_groups`).
+
+Parameters for 19 classes: 43,901,068 (backbone 42,500,160 of which 105,344 are frozen BN
+affine parameters; classifier 4 x 350,227).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class FrozenBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with frozen affine parameters that stays in eval mode under model.train().
+
+    A subclass rather than torchvision.ops.FrozenBatchNorm2d so that the affine parameters stay
+    parameters (state-dict keys and the 43.9 M parameter count match the reference code).
+    """
+
+    def __init__(self, num_features: int):
+        super().__init__(num_features)
+        self.weight.requires_grad_(False)
+        self.bias.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+
+class Bottleneck(nn.Module):
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)  # Caffe: stride here
+        self.bn1 = FrozenBatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = FrozenBatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
+        self.bn3 = FrozenBatchNorm2d(planes * 4)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu(out + identity)
+
+
+class DeepLabResNet(nn.Module):
+    """ResNet-101 at output stride 8. State-dict keys match torchvision's ResNet (minus 'fc.')
+    and, after stripping 'Scale.', the DeepLab initialisation files."""
+
+    def __init__(self, layers=(3, 4, 23, 3)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
+        self.bn1 = FrozenBatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=True)
+        self.inplanes = 64
+        self.layer1 = self._make_layer(64, layers[0])
+        self.layer2 = self._make_layer(128, layers[1], stride=2)
+        self.layer3 = self._make_layer(256, layers[2], dilation=2)
+        self.layer4 = self._make_layer(512, layers[3], dilation=4)
+        self.out_channels = self.inplanes
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1, dilation: int = 1):
+        downsample = None
+        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
+            downsample = nn.Sequential(
+                nn.Conv2d(self.inplanes, planes * Bottleneck.expansion, 1, stride=stride,
+                          bias=False),
+                FrozenBatchNorm2d(planes * Bottleneck.expansion),
+            )
+        layers = [Bottleneck(self.inplanes, planes, stride, dilation, downsample)]
+        self.inplanes = planes * Bottleneck.expansion
+        layers += [Bottleneck(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class ASPPClassifier(nn.Module):
+    """ASPP-L (Chen et al. 2017, sec. 3.3): sum of four dilated 3x3 convs (rates 6/12/18/24).
+
+    `conv2d_list` keeps the reference code's name, so 'layer5.conv2d_list.N.*' keys map onto it.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, rates=(6, 12, 18, 24)):
+        super().__init__()
+        self.conv2d_list = nn.ModuleList(
+            nn.Conv2d(in_channels, num_classes, 3, padding=r, dilation=r) for r in rates)
+        for conv in self.conv2d_list:  # N(0, 0.01) as in the reference code
+            nn.init.normal_(conv.weight, 0.0, 0.01)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv2d_list[0](x)
+        for conv in self.conv2d_list[1:]:
+            out = out + conv(x)  # all four branches, outside any early return
+        return out
+
+
+class DeepLabV2(nn.Module):
+    """Training mode: a 1-tuple (logits,); eval mode: logits. Upsampled (bilinear,
+    align_corners=False) from 1/8 to the input size."""
+
+    def __init__(self, num_classes: int = 19, backbone: str = "resnet101"):
+        super().__init__()
+        if backbone != "resnet101":
+            raise ValueError(f"DeepLabV2 is built on resnet101, not {backbone}")
+        self.backbone = DeepLabResNet()
+        self.classifier = ASPPClassifier(self.backbone.out_channels, num_classes)
+
+    def forward(self, x: torch.Tensor):
+        logits = self.classifier(self.backbone(x))
+        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return (logits,) if self.training else logits
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Backbone at `lr`, classifier at 10 x `lr` (DeepLab UDA recipe); frozen BN left out."""
+        def trainable(module):
+            return [p for p in module.parameters() if p.requires_grad]
+        return [
+            {"params": trainable(self.backbone), "lr": lr, "weight_decay": weight_decay,
+             "name": "backbone"},
+            {"params": trainable(self.classifier), "lr": 10 * lr, "weight_decay": weight_decay,
+             "name": "classifier"},
+        ]
