@@ -62,15 +62,22 @@ def segmenter_step(run, model, disc, criterion, source, target, args):
 
 
 def discriminator_step(run, disc, src_prob, trg_prob):
-    """Step 3: D learns source = 0, target = 1; one forward over both (D has no BN)."""
+    """Step 3: D learns source = 0, target = 1, each term halved (AdaptSegNet's code).
+
+    One forward and backward per domain, as the official code does: the two domains' maps
+    may differ in size (GTA5 1280x720, Cityscapes 1024x512), and under DDP every forward
+    must be followed by its own backward.
+    """
     with run.autocast():
-        d_out = disc(torch.cat([src_prob, trg_prob]))
-        d_src, d_trg = d_out[: len(src_prob)], d_out[len(src_prob):]
-        loss_d = 0.5 * bce_domain_loss(d_src, SOURCE_LABEL) + \
-            0.5 * bce_domain_loss(d_trg, TARGET_LABEL)
-    run.backward(loss_d)
-    return {"loss_d": loss_d.detach(), "d_acc_source": (d_src < 0).float().mean(),
-            "d_acc_target": (d_trg > 0).float().mean()}
+        d_src = disc(src_prob)
+        loss_src = 0.5 * bce_domain_loss(d_src, SOURCE_LABEL)
+    run.backward(loss_src)
+    with run.autocast():
+        d_trg = disc(trg_prob)
+        loss_trg = 0.5 * bce_domain_loss(d_trg, TARGET_LABEL)
+    run.backward(loss_trg)
+    return {"loss_d": (loss_src + loss_trg).detach(),
+            "d_acc_source": (d_src < 0).float().mean(), "d_acc_target": (d_trg > 0).float().mean()}
 
 
 def main(args):

@@ -229,8 +229,11 @@ def test_demo_root_and_settings():
     assert demo.DEMO_ROOT.is_absolute() and demo.DEMO_ROOT.parts[-2:] == ("data", "demo")
     assert (demo.DEMO_ROOT.parent.parent / "core" / "demo.py").is_file()
     s = demo.demo_settings()
-    assert s["source_size"] == (128, 256) and s["target_size"] == (128, 256)
-    assert s["batch_size"] == 8 and s["epochs"] > 0 and s["lr"] > 0
+    # working sizes keep each domain's aspect ratio; nothing is downloaded
+    (sh, sw), (th, tw) = s["source_size"], s["target_size"]
+    assert sh / sw == demo.SOURCE_SIZE[0] / demo.SOURCE_SIZE[1]
+    assert th / tw == demo.TARGET_SIZE[0] / demo.TARGET_SIZE[1] and s["val_size"] == (th, tw)
+    assert s["pretrained"] == "none" and s["batch_size"] >= 2  # BiSeNet's ARM BN needs 2
 
 
 def test_cli_prints_frequency_table(tmp_path, capsys):
