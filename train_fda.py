@@ -22,13 +22,13 @@ with L_ent the Charbonnier-penalised normalised entropy, eta = 2, weight 0.005.
 """
 from core import cli
 from core.datasets import normalize
-from core.evaluation import evaluate, resize_images
+from core.evaluation import resize_images
 from core.labels import NUM_CLASSES
 from core.losses import charbonnier_entropy, seg_loss_sum
 from core.models import build_model, param_groups
-from core.runtime import Run, Stream, Timer
+from core.runtime import Run, Timer
 from core.schedule import poly_scheduler
-from core.training import build_criterion, checkpoint_state, entry, log_epoch, resume
+from core.training import LossMeter, build_criterion, end_epoch, entry, resume, uda_data
 from core.translate import fda_source_to_target, lab_transfer
 
 
@@ -68,12 +68,7 @@ def main(args):
     run = Run(args, "train_fda")
 
     ## data: labelled source, unlabelled target (with pseudo labels for self-training)
-    source_set, target_set = cli.build_source(args), cli.build_target(args, args.pseudo)
-    source = Stream(run.loader(source_set, args.batch_size, train=True, workers=args.workers))
-    target = Stream(run.loader(target_set, args.batch_size, train=True, workers=args.workers))
-    val_loader = run.loader(cli.build_val(args), min(args.batch_size, 4), train=False,
-                            workers=args.workers)
-    iters_per_epoch = args.iters_per_epoch or len(source.loader)
+    source_set, source, target, val_loader, iters_per_epoch = uda_data(run, args)
 
     ## model, optimiser, schedule, loss
     model = run.prepare(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
@@ -88,7 +83,7 @@ def main(args):
 
     ## train loop
     for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
-        timer, sums = Timer(), {}
+        timer, meter = Timer(), LossMeter()
         model.train()
         bar = run.progress(range(iters_per_epoch), f"epoch {epoch + 1}/{args.epochs}")
         for i in bar:
@@ -97,21 +92,13 @@ def main(args):
                                 run.batch(target.next()), iteration, args)
             run.step(optimizer)
             scheduler.step()
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
-            bar.set_postfix(seg=f"{sums['loss_seg'] / (i + 1):.3f}",
-                            ent=f"{sums['loss_ent'] / (i + 1):.3f}")
+            meter.add(losses)
+            bar.set_postfix(meter.postfix("loss_seg", "loss_ent"))
 
         ## validate on Cityscapes val, log, checkpoint
-        result = evaluate([run.unwrap(model)], [args.val_size], val_loader, run.device,
-                          NUM_CLASSES, autocast=run.autocast).compute()
-        is_best = result["miou"] > best_miou
-        best_miou = max(best_miou, result["miou"])
-        iteration = (epoch + 1) * iters_per_epoch
-        log_epoch(run, epoch, iteration, result, timer, lr=scheduler.get_last_lr()[0],
-                  **{k: run.mean_across_ranks(v / iters_per_epoch) for k, v in sums.items()})
-        run.save(checkpoint_state(run, args, epoch, iteration, best_miou, result["miou"],
-                                  **parts), is_best)
+        best_miou = end_epoch(run, args, model, val_loader, epoch, (epoch + 1) * iters_per_epoch,
+                              best_miou, timer, parts, lr=scheduler.get_last_lr()[0],
+                              **meter.means(run))
     run.close()
 
 

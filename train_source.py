@@ -18,13 +18,12 @@ on one labelled dataset and validate on Cityscapes val after every epoch.
 """
 from core import cli
 from core.datasets import normalize
-from core.evaluation import evaluate
 from core.labels import NUM_CLASSES
 from core.losses import seg_loss_sum
 from core.models import build_model, param_groups
 from core.runtime import Run, Timer, set_epoch
 from core.schedule import poly_scheduler
-from core.training import build_criterion, checkpoint_state, entry, log_epoch, resume
+from core.training import LossMeter, build_criterion, end_epoch, entry, resume
 
 
 def main(args):
@@ -48,33 +47,26 @@ def main(args):
 
     ## train loop
     for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
-        timer, loss_sum = Timer(), 0.0
+        timer, meter = Timer(), LossMeter()
         set_epoch(train_loader, epoch)
         model.train()
         bar = run.progress(train_loader, f"epoch {epoch + 1}/{args.epochs}")
         for i, batch in enumerate(bar):
-            iteration = epoch * iters_per_epoch + i
             batch = run.batch(batch)
             with run.autocast():
                 outputs = model(normalize(batch["image"]))  # (main, *aux) in train mode
                 loss = seg_loss_sum(criterion, outputs, batch["label"])
-            run.check_finite(loss, iteration)
+            run.check_finite(loss, epoch * iters_per_epoch + i)
             run.backward(loss)
             run.step(optimizer)
             scheduler.step()
-            loss_sum += loss.item()
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            meter.add({"loss": loss})
+            bar.set_postfix(meter.postfix("loss"), lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
         ## validate on Cityscapes val, log, checkpoint (last.pth; best.pth on a new best)
-        result = evaluate([run.unwrap(model)], [args.val_size], val_loader, run.device,
-                          NUM_CLASSES, autocast=run.autocast).compute()
-        is_best = result["miou"] > best_miou
-        best_miou = max(best_miou, result["miou"])
-        iteration = (epoch + 1) * iters_per_epoch
-        log_epoch(run, epoch, iteration, result, timer, lr=scheduler.get_last_lr()[0],
-                  loss=run.mean_across_ranks(loss_sum / iters_per_epoch))
-        run.save(checkpoint_state(run, args, epoch, iteration, best_miou, result["miou"],
-                                  **parts), is_best)
+        best_miou = end_epoch(run, args, model, val_loader, epoch, (epoch + 1) * iters_per_epoch,
+                              best_miou, timer, parts, lr=scheduler.get_last_lr()[0],
+                              **meter.means(run))
     run.close()
 
 

@@ -3,12 +3,14 @@ import sys
 
 import torch
 
+from core import cli
 from core.checkpoint import CheckpointError, load_checkpoint, load_weights, rng_state, set_rng_state
+from core.evaluation import evaluate
 from core.labels import NUM_CLASSES
 from core.losses import build_seg_loss, class_weights_from_counts
 from core.metrics import format_table
 from core.models import PretrainedWeightsError
-from core.runtime import NonFiniteLossError
+from core.runtime import NonFiniteLossError, Stream
 
 # Arguments that must agree between a checkpoint and the command that resumes it.
 RESUME_MUST_MATCH = ("model", "backbone", "optimizer")
@@ -63,6 +65,58 @@ def resume(run, args, **parts):
         run.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return state["epoch"] + 1, state["best_miou"]
+
+
+def uda_data(run, args):
+    """Labelled source set, endless source and target batch streams, Cityscapes val loader.
+
+    The target set is unlabelled (paired with --pseudo labels for self-training). An epoch
+    is --iters-per-epoch iterations, by default one pass over the source.
+    """
+    source_set, target_set = cli.build_source(args), cli.build_target(args, args.pseudo)
+    source = Stream(run.loader(source_set, args.batch_size, train=True, workers=args.workers))
+    target = Stream(run.loader(target_set, args.batch_size, train=True, workers=args.workers))
+    val_loader = run.loader(cli.build_val(args), min(args.batch_size, 4), train=False,
+                            workers=args.workers)
+    iters_per_epoch = getattr(args, "iters_per_epoch", None) or len(source.loader)
+    return source_set, source, target, val_loader, iters_per_epoch
+
+
+class LossMeter:
+    """Running means of the losses of an epoch (kept as tensors: no sync per iteration)."""
+
+    def __init__(self):
+        self.sums, self.count = {}, 0
+
+    def add(self, losses):
+        self.count += 1
+        for name, value in losses.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value.detach().float()
+
+    def mean(self, name):
+        return self.sums[name].item() / max(self.count, 1)
+
+    def postfix(self, *names):
+        """Running means for the progress bar, e.g. {'loss_seg': '0.412'}."""
+        return {name.removeprefix("loss_"): f"{self.mean(name):.3f}" for name in names}
+
+    def means(self, run):
+        """All running means, averaged over processes."""
+        return {name: run.mean_across_ranks(self.mean(name)) for name in self.sums}
+
+
+def end_epoch(run, args, model, val_loader, epoch, iteration, best_miou, timer, parts,
+              **values):
+    """Validate on Cityscapes val, log the epoch, write last.pth (and best.pth on a new best
+    val mIoU). Returns the best mIoU so far."""
+    result = evaluate([run.unwrap(model)], [args.val_size], val_loader, run.device, NUM_CLASSES,
+                      autocast=run.autocast).compute()
+    is_best = result["miou"] > best_miou
+    best_miou = max(best_miou, result["miou"])
+    log_epoch(run, epoch, iteration, result, timer, **values)
+    run.save(checkpoint_state(run, args, epoch, iteration, best_miou, result["miou"], **parts),
+             is_best)
+    return best_miou
 
 
 def log_epoch(run, epoch, iteration, result, timer, **values):
