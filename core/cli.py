@@ -51,6 +51,8 @@ def add_data_args(p, target=False):
     g.add_argument("--aug", default="none",
                    help="source augmentations, comma-separated from flip,jitter,blur,scale")
     g.add_argument("--aug-p", type=float, default=0.5, help="probability of each augmentation")
+    g.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"),
+                   help="train on random crops of this size of the resized source images")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
 
 
@@ -145,7 +147,7 @@ def resolve_defaults(args, parser):
 
 def build_source(args):
     """The labelled training set, resized to --source-size, with --aug applied."""
-    transform = build_transforms(args.aug, p=args.aug_p)
+    transform = build_transforms(args.aug, p=args.aug_p, crop=args.crop)
     if args.source == "gta5":
         return GTA5(args.source_root, split=args.source_split, size=args.source_size,
                     transform=transform)

@@ -63,18 +63,11 @@ def _crop_or_pad(x, height, width, offsets, fill):
     return out
 
 
-def _scale(image, label):
-    height, width = image.shape[-2:]
-    s = _uniform(*SCALE)
-    new = [max(1, round(height * s)), max(1, round(width * s))]
-    image = F.resize(image, new, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
-    if label is not None:
-        # NEAREST_EXACT samples at pixel centres like bilinear does; torch's plain NEAREST is
-        # shifted by up to a pixel, which would misalign label and image.
-        label = F.resize(label[None], new, interpolation=F.InterpolationMode.NEAREST_EXACT)[0]
-    # Per axis: a random window of the scaled image if it grew, a random place if it shrank.
+def _random_window(image, label, height, width):
+    """A random height x width window: cropped where the image is larger, padded (image 0,
+    label 255) where it is smaller."""
     offsets = []
-    for n_src, n_dst in zip(new, (height, width), strict=True):
+    for n_src, n_dst in zip(image.shape[-2:], (height, width), strict=True):
         if n_src >= n_dst:
             offsets.append((_randint(n_src - n_dst), 0, n_dst))
         else:
@@ -85,12 +78,26 @@ def _scale(image, label):
     return image, label
 
 
-class JointAugment:
-    """Apply the named augmentations, each with probability p, to (image, label)."""
+def _scale(image, label):
+    height, width = image.shape[-2:]
+    s = _uniform(*SCALE)
+    new = [max(1, round(height * s)), max(1, round(width * s))]
+    image = F.resize(image, new, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
+    if label is not None:
+        # NEAREST_EXACT samples at pixel centres like bilinear does; torch's plain NEAREST is
+        # shifted by up to a pixel, which would misalign label and image.
+        label = F.resize(label[None], new, interpolation=F.InterpolationMode.NEAREST_EXACT)[0]
+    return _random_window(image, label, height, width)  # back to the working size
 
-    def __init__(self, names, p=0.5):
+
+class JointAugment:
+    """Apply the named augmentations, each with probability p, to (image, label); then, if
+    `crop` (H, W) is given, always take a random crop of that size (as FDA's code crops
+    1024x512 out of GTA5 at 1280x720)."""
+
+    def __init__(self, names, p=0.5, crop=None):
         self.names = tuple(n for n in AUGMENTATIONS if n in names)
-        self.p = p
+        self.p, self.crop = p, crop
 
     def _fires(self):
         return torch.rand(()).item() < self.p
@@ -105,16 +112,21 @@ class JointAugment:
             label = None if label is None else label.flip(-1)
         if "scale" in self.names and self._fires():
             image, label = _scale(image, label)
+        if self.crop is not None:
+            image, label = _random_window(image, label, *self.crop)
         return image, label
 
     def __repr__(self):
-        return f"JointAugment({','.join(self.names)}, p={self.p})"
+        return f"JointAugment({','.join(self.names)}, p={self.p}, crop={self.crop})"
 
 
-def build_transforms(spec, p=0.5):
-    """'flip,jitter,blur,scale' (any subset, any order) -> JointAugment; '' / 'none' -> None."""
+def build_transforms(spec, p=0.5, crop=None):
+    """'flip,jitter,blur,scale' (any subset, any order) -> JointAugment; '' / 'none' and no
+    crop -> None. `crop` (H, W): a random crop of that size after the augmentations."""
     names = [n.strip().lower() for n in (spec or "").split(",") if n.strip()]
-    if not names or names == ["none"]:
+    if names == ["none"]:
+        names = []
+    if not names and crop is None:
         return None
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
@@ -122,4 +134,6 @@ def build_transforms(spec, p=0.5):
                          f"{', '.join(AUGMENTATIONS)} (comma-separated), or 'none'")
     if not 0.0 <= p <= 1.0:
         raise ValueError(f"augmentation probability must be in [0, 1], got {p}")
-    return JointAugment(names, p)
+    if crop is not None and (len(crop) != 2 or min(crop) < 1):
+        raise ValueError(f"crop size must be two positive integers (H W), got {crop}")
+    return JointAugment(names, p, tuple(crop) if crop is not None else None)

@@ -129,3 +129,24 @@ def test_probability_is_respected():
     torch.manual_seed(0)
     flips = sum(torch.equal(aug(image, label)[1], label.flip(-1)) for _ in range(200))
     assert 70 < flips < 130
+
+
+def test_crop_takes_aligned_windows_of_the_requested_size():
+    torch.manual_seed(0)
+    image = torch.arange(12 * 20, dtype=torch.int64).view(1, 12, 20).repeat(3, 1, 1)
+    label = (image[0] % 251).to(torch.uint8)
+    image = (image % 251).to(torch.uint8)
+    crop_only = build_transforms("none", crop=(8, 10))
+    corners = set()
+    for _ in range(20):
+        im, lab = crop_only(image.clone(), label.clone())
+        assert im.shape == (3, 8, 10) and lab.shape == (8, 10)
+        assert torch.equal(im[0], lab)             # image and label cut at the same place
+        corners.add(int(lab[0, 0]))
+    assert len(corners) > 3                          # the window moves
+    # larger than the image: padded with 0 / 255 around the whole image
+    im, lab = build_transforms("flip", p=0.0, crop=(16, 24))(image, label)
+    assert im.shape == (3, 16, 24) and (lab == 255).sum() == 16 * 24 - 12 * 20
+    assert build_transforms("none") is None
+    with pytest.raises(ValueError, match="crop"):
+        build_transforms("flip", crop=(0, 4))
