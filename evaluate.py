@@ -21,9 +21,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from core.datasets import GTA5, Cityscapes
-from core.evaluation import evaluate, load_model, predict_probs, select_device
+from core.evaluation import evaluate, load_model, predict_probs
 from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
 from core.metrics import format_table
+from core.runtime import select_device
 from core.training import entry
 
 

@@ -24,9 +24,10 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from core.datasets import Cityscapes
-from core.evaluation import load_model, predict_probs, select_device
+from core.evaluation import load_model, predict_probs
 from core.labels import CLASS_NAMES
 from core.pseudo import ProbHistogram, apply_thresholds
+from core.runtime import select_device
 from core.training import entry
 
 

@@ -61,15 +61,6 @@ def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress
     return cm.reduce()
 
 
-def select_device(name):
-    """--device auto | cpu | cuda."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
-    return torch.device(name)
-
-
 def load_model(path, device, size=None):
     """(model in eval mode, its working size, stored args) rebuilt from a checkpoint."""
     state = load_checkpoint(path)

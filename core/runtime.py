@@ -32,6 +32,17 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def select_device(name, index=0):
+    """--device auto | cpu | cuda (the GPU `index`, i.e. LOCAL_RANK under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
+        return torch.device("cuda", index)
+    return torch.device(name)
+
+
 def git_commit():
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -141,15 +152,11 @@ class Run:
         return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
     def _pick_device(self, name):
-        if name == "auto":
-            name = "cuda" if torch.cuda.is_available() else "cpu"
-        if name == "cuda":
-            if not torch.cuda.is_available():
-                raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
-            torch.cuda.set_device(self.local_rank)
-            torch.backends.cudnn.benchmark = True
-            return torch.device("cuda", self.local_rank)
-        return torch.device(name)
+        device = select_device(name, self.local_rank)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+            torch.backends.cudnn.benchmark = True  # fixed working sizes: pick fast kernels
+        return device
 
     def start_log(self, resumed_from=None):
         """Open metrics.jsonl with the run's description (or note the resume in it)."""
