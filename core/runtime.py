@@ -181,9 +181,14 @@ class Run:
             return torch.cuda.get_device_name(self.device)
         return f"cpu ({os.cpu_count()} cores)"
 
-    def loader(self, dataset, batch_size, train, workers):
-        """DataLoader over an EpochSampler; training drops the last incomplete batch."""
-        sampler = EpochSampler(len(dataset), shuffle=train, seed=self.args.seed,
+    def loader(self, dataset, batch_size, train, workers, stream=0):
+        """DataLoader over an EpochSampler; training drops the last incomplete batch.
+
+        `stream` tells apart loaders of one run (source 0, target 1), so that two sets of
+        equal length are not shuffled in the same order: each source image then meets a
+        different target image every pass.
+        """
+        sampler = EpochSampler(len(dataset), shuffle=train, seed=self.args.seed * 101 + stream,
                                rank=self.rank, world_size=self.world_size, pad=train)
         if train and len(sampler) < batch_size:
             raise SystemExit(f"--batch-size {batch_size} is larger than the {len(sampler)} "

@@ -75,7 +75,8 @@ def uda_data(run, args):
     """
     source_set, target_set = cli.build_source(args), cli.build_target(args, args.pseudo)
     source = Stream(run.loader(source_set, args.batch_size, train=True, workers=args.workers))
-    target = Stream(run.loader(target_set, args.batch_size, train=True, workers=args.workers))
+    target = Stream(run.loader(target_set, args.batch_size, train=True, workers=args.workers,
+                               stream=1))
     val_loader = run.loader(cli.build_val(args), min(args.batch_size, 4), train=False,
                             workers=args.workers)
     iters_per_epoch = getattr(args, "iters_per_epoch", None) or len(source.loader)

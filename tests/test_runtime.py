@@ -1,7 +1,9 @@
+import argparse
+
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from core.runtime import EpochSampler, Stream, set_epoch
+from core.runtime import EpochSampler, Run, Stream, set_epoch
 
 
 def test_sampler_order_depends_only_on_seed_and_epoch():
@@ -60,3 +62,12 @@ def test_set_epoch_reseeds_worker_seed():
     s1 = loader.generator.initial_seed()
     set_epoch(loader, 4)
     assert loader.generator.initial_seed() == s1
+
+
+def test_source_and_target_streams_are_shuffled_differently(tmp_path):
+    run = Run(argparse.Namespace(device="cpu", amp=False, out=str(tmp_path), seed=0,
+                                 channels_last=False), "test")
+    source = run.loader(Numbers(), 1, train=True, workers=0, stream=0)
+    target = run.loader(Numbers(), 1, train=True, workers=0, stream=1)
+    again = run.loader(Numbers(), 1, train=True, workers=0, stream=1)
+    assert list(source.sampler) != list(target.sampler) == list(again.sampler)
