@@ -11,7 +11,6 @@ needed; the data root defaults to the validation root stored there too.
 Protocol: images are fed at the working size stored in the checkpoint (--size overrides it)
 and the logits are upsampled to the full label size; both sizes are printed with each result.
 """
-import argparse
 import json
 import math
 from pathlib import Path
@@ -20,12 +19,13 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from core import cli
 from core.datasets import GTA5, Cityscapes
+from core.errors import ConfigError, DataError
 from core.evaluation import evaluate, load_model, predict_probs
 from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
 from core.metrics import format_table
 from core.runtime import select_device
-from core.training import entry
 
 
 def main(args):
@@ -33,10 +33,10 @@ def main(args):
     loaded = [load_model(path, device, args.size) for path in args.checkpoints]
     data_root = args.data_root or loaded[0][2].get("val_root")
     if data_root is None:
-        raise ValueError("no --data-root given and none stored in the checkpoint")
+        raise ConfigError("no --data-root given and none stored in the checkpoint")
     if args.dataset == "gta5":   # e.g. held-out source frames, to measure the domain gap
         if args.data_root is None:
-            raise ValueError("--dataset gta5 needs --data-root (a folder in the GTA5 layout)")
+            raise ConfigError("--dataset gta5 needs --data-root (a folder in the GTA5 layout)")
         val_set = GTA5(data_root, split=args.split, size=None)
     else:
         val_set = Cityscapes(data_root, split=args.split, size=None)
@@ -52,6 +52,9 @@ def main(args):
     for name, group in zip(names, groups, strict=True):
         models, sizes = [m for m, _, _ in group], [s for _, s, _ in group]
         result = evaluate(models, sizes, loader, device, NUM_CLASSES).compute()
+        if math.isnan(result["miou"]):
+            raise DataError(f"{args.split} of {data_root} has no labelled pixel (every label "
+                            f"is ignore or an unknown id): nothing to score")
         sizes_text = ", ".join(f"{h}x{w}" for h, w in sizes)
         result.update(checkpoint=name, input_size=sizes_text, images=len(val_set),
                       label_size=f"{label_size[0]}x{label_size[1]}")
@@ -106,8 +109,7 @@ def write_json(rows, path):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.new_parser(__doc__)
     p.add_argument("checkpoints", nargs="+", help="best.pth / last.pth files")
     p.add_argument("--data-root", help="Cityscapes folder (default: stored in the checkpoint)")
     p.add_argument("--dataset", choices=("cityscapes", "gta5"), default="cityscapes")
@@ -121,11 +123,11 @@ def parse_args(argv=None):
     p.add_argument("--json", help="write the result(s) to this JSON file")
     p.add_argument("--save-vis", metavar="DIR", help="write image | label | prediction panels")
     p.add_argument("--vis-count", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--batch-size", type=cli.positive_int, default=1)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cli.add_device_arg(p)
     return p.parse_args(argv)
 
 
 if __name__ == "__main__":
-    entry(main, parse_args)
+    cli.entry(main, parse_args)

@@ -13,22 +13,22 @@ its probability reaches its class's threshold (Li et al. 2019, BDL sec. 3.3):
 
 Two passes in constant memory: the first builds per-class histograms of the max
 probability (the official scripts keep every probability, ~25 GB on Cityscapes), the second
-predicts again and writes `<out>/<city>/<stem>.png` (uint8 train ids, 255 = ignore) at the
-working size, where the pseudo-label dataset pairs each with its image.
+predicts again and writes `<out>/<city>/<stem>.png` (train ids, 255 = ignore, as a palette
+PNG in the Cityscapes colours, so any image viewer shows it) at the working size, where
+the pseudo-label dataset pairs each with its image.
 """
-import argparse
 import json
 from pathlib import Path
 
-from PIL import Image
 from torch.utils.data import DataLoader
 
+from core import cli
 from core.datasets import Cityscapes
+from core.errors import ConfigError
 from core.evaluation import load_model, predict_probs
-from core.labels import CLASS_NAMES
+from core.labels import CLASS_NAMES, save_label_png
 from core.pseudo import ProbHistogram, apply_thresholds
 from core.runtime import select_device
-from core.training import entry
 
 
 def predictions(models, sizes, loader, device, out_size):
@@ -45,7 +45,7 @@ def main(args):
     models, sizes, stored = [m for m, _, _ in loaded], [s for _, s, _ in loaded], loaded[0][2]
     data_root = args.data_root or stored.get("target_root") or stored.get("val_root")
     if data_root is None:
-        raise ValueError("no --data-root given and no target root stored in the checkpoint")
+        raise ConfigError("no --data-root given and no target root stored in the checkpoint")
     out_size = tuple(args.size or sizes[0])   # pseudo labels at the target working size
     images = Cityscapes(data_root, split=args.split, size=out_size, labelled=False)
     loader = DataLoader(images, batch_size=args.batch_size, num_workers=args.workers)
@@ -64,7 +64,7 @@ def main(args):
         for name, pseudo_map in zip(names, pseudo, strict=True):
             path = out / f"{name}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(pseudo_map).save(path)
+            save_label_png(pseudo_map, path)
 
     report = {"checkpoints": args.checkpoints, "data_root": str(data_root), "split": args.split,
               "size": list(out_size), "quantile": args.quantile, "cap": args.cap,
@@ -86,8 +86,7 @@ def print_report(report, out):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.new_parser(__doc__)
     p.add_argument("checkpoints", nargs="+", help="one model, or several to ensemble")
     p.add_argument("--out", required=True, help="folder for the pseudo-label PNGs")
     p.add_argument("--data-root", help="Cityscapes folder (default: the checkpoint's target)")
@@ -97,15 +96,24 @@ def parse_args(argv=None):
     p.add_argument("--quantile", type=float, default=0.5,
                    help="per-class quantile of the max probability (BDL 0.5, FDA code 0.66)")
     p.add_argument("--cap", type=float, default=0.9, help="upper bound of every threshold")
-    p.add_argument("--bins", type=int, default=10000, help="histogram bins on [0, 1]")
-    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--bins", type=cli.positive_int, default=10000,
+                   help="histogram bins on [0, 1]")
+    p.add_argument("--batch-size", type=cli.positive_int, default=2)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    cli.add_device_arg(p)
     args = p.parse_args(argv)
     if not 0 <= args.quantile <= 1:
         p.error(f"--quantile {args.quantile}: expected a value in [0, 1]")
+    if not 0 <= args.cap <= 1:
+        p.error(f"--cap {args.cap}: expected a value in [0, 1] (a probability)")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        p.error(f"--out {out} is a file: expected a folder for the pseudo-label PNGs")
+    if out.is_dir() and any(out.iterdir()) and not (out / "thresholds.json").is_file():
+        p.error(f"--out {out} holds files that gen_pseudo.py did not write: choose a new or "
+                f"empty folder")
     return args
 
 
 if __name__ == "__main__":
-    entry(main, parse_args)
+    cli.entry(main, parse_args)

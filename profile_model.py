@@ -17,11 +17,11 @@ What is printed:
   median and 90th percentile in ms, and FPS = batch size / mean. Eval mode, inference_mode,
   cudnn.benchmark on.
 """
-import argparse
 import platform
 
 import torch
 
+from core import cli
 from core.labels import NUM_CLASSES
 from core.models import (
     BACKBONES,
@@ -31,6 +31,7 @@ from core.models import (
     build_model,
 )
 from core.profiling import count_macs, count_parameters, measure_latency
+from core.runtime import select_device
 
 # --model all: the networks compared in docs/benchmarks.md, as (label, model, backbone).
 ALL = (
@@ -108,7 +109,7 @@ def print_table(rows):
 
 
 def main(args):
-    device = torch.device(args.device)
+    device = select_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels
@@ -130,32 +131,39 @@ def main(args):
         print_table(rows)
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def parse_args(argv=None):
+    p = cli.new_parser(__doc__)
     p.add_argument("--model", default="bisenet",
                    choices=[*MODEL_NAMES, *DISCRIMINATOR_NAMES, "all"])
     p.add_argument("--backbone", default=None, help="default: resnet18 for bisenet, resnet101 "
                    "for deeplabv2; ignored for discriminators and --model all")
-    p.add_argument("--num-classes", type=int, default=NUM_CLASSES)
-    p.add_argument("--size", type=int, nargs=2, default=[512, 1024], metavar=("H", "W"))
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--num-classes", type=cli.positive_int, default=NUM_CLASSES)
+    p.add_argument("--size", type=cli.positive_int, nargs=2, default=[512, 1024],
+                   metavar=("H", "W"))
+    p.add_argument("--batch-size", type=cli.positive_int, default=1)
+    cli.add_device_arg(p)
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile (meant for CUDA)")
     p.add_argument("--warmup", type=int, default=10, help="untimed passes (compile needs >= 1)")
-    p.add_argument("--iters", type=int, default=50, help="timed passes")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (torch default: one "
-                   "per core; on a shared machine 1 can be faster than oversubscribing)")
+    p.add_argument("--iters", type=cli.positive_int, default=50, help="timed passes")
+    p.add_argument("--threads", type=cli.positive_int, default=None,
+                   help="CPU threads (torch default: one per core; on a shared machine 1 can "
+                        "be faster than oversubscribing)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.model in BACKBONES and args.backbone and args.backbone not in BACKBONES[args.model]:
         p.error(f"--backbone {args.backbone} is not available for --model {args.model}; "
                 f"choose {' or '.join(BACKBONES[args.model])}")
+    if args.warmup < 0:
+        p.error(f"--warmup {args.warmup}: expected an integer >= 0")
+    if min(args.size) < 32:
+        p.error(f"--size {args.size[0]} {args.size[1]}: the networks downsample 32x; expected "
+                f"at least 32 32")
     if args.compile and args.warmup < 1:
         p.error("--compile needs --warmup >= 1 so that compilation is not timed")
     return args
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    cli.entry(main, parse_args)

@@ -23,40 +23,48 @@ Each iteration (AdaptSegNet sec. 3.2-3.3, Eq. 3-5):
 import torch
 
 from core import cli
-from core.datasets import normalize
+from core.checkpoint import checkpoint_state, resume, unwrap
+from core.evaluation import validate
 from core.labels import NUM_CLASSES
-from core.losses import bce_domain_loss, seg_loss_sum
+from core.logs import LossMeter, Timer, epoch_record
+from core.losses import bce_domain_loss, build_criterion, seg_loss_sum
 from core.models import build_discriminator, build_model, param_groups
 from core.profiling import count_macs, count_parameters
-from core.runtime import Run, Timer
+from core.runtime import Run, check_divergence, check_finite, report_data
+from core.sampling import SOURCE_STREAM, TARGET_STREAM, Stream
 from core.schedule import poly_scheduler
-from core.training import LossMeter, build_criterion, end_epoch, entry, resume, uda_data
+from core.transforms import normalize
 
+SCRIPT = "train_adv"
 SOURCE_LABEL, TARGET_LABEL = 0, 1
+MIN_DISC_INPUT = 32          # five stride-2 convolutions
 
 
-def segmenter_step(run, model, disc, criterion, source, target, args):
+def segmenter_step(run, model, disc, criterion, src_batch, trg_batch, iteration, args):
     """Steps 1 and 2: supervised loss on source, adversarial (and pseudo-label) loss on target.
 
     Returns the detached source and target softmax maps for the discriminator's step.
     """
-    disc = run.unwrap(disc)                 # no DDP hooks: D only passes gradients through
+    disc = unwrap(disc)                     # no DDP hooks: D only passes gradients through
     disc.requires_grad_(False)
     with run.autocast():
-        src_out = model(normalize(source["image"]))
-        loss_seg = seg_loss_sum(criterion, src_out, source["label"])
-    run.backward(loss_seg)                  # frees the source graph before the target pass
+        src_out = model(normalize(src_batch["image"]))
+        loss_seg = seg_loss_sum(criterion, src_out, src_batch["label"])
+    check_finite(loss_seg, iteration, run.out)
+    run.scaler.scale(loss_seg).backward()   # frees the source graph before the target pass
     with run.autocast():
-        trg_out = model(normalize(target["image"]))
+        trg_out = model(normalize(trg_batch["image"]))
         trg_prob = trg_out[0].float().softmax(1)
-        loss_adv = bce_domain_loss(disc(trg_prob), SOURCE_LABEL)
+        loss_adv = bce_domain_loss(disc(trg_prob), SOURCE_LABEL)   # fool D: "source"
         loss_trg = args.lambda_adv * loss_adv
-        if "label" in target:               # self-training: CE on target pseudo labels
-            loss_trg = loss_trg + args.lambda_pseudo * seg_loss_sum(
-                criterion, trg_out, target["label"])
-    run.backward(loss_trg)
+        losses = {"loss_seg": loss_seg.detach(), "loss_adv": loss_adv.detach()}
+        if args.pseudo:                     # self-training: CE on target pseudo labels
+            loss_pseudo = seg_loss_sum(criterion, trg_out, trg_batch["label"])
+            loss_trg = loss_trg + args.lambda_pseudo * loss_pseudo
+            losses["loss_pseudo"] = loss_pseudo.detach()
+    check_finite(loss_trg, iteration, run.out)
+    run.scaler.scale(loss_trg).backward()
     disc.requires_grad_(True)
-    losses = {"loss_seg": loss_seg.detach(), "loss_adv": loss_adv.detach()}
     return src_out[0].detach().float().softmax(1), trg_prob.detach(), losses
 
 
@@ -70,60 +78,74 @@ def discriminator_step(run, disc, src_prob, trg_prob):
     with run.autocast():
         d_src = disc(src_prob)
         loss_src = 0.5 * bce_domain_loss(d_src, SOURCE_LABEL)
-    run.backward(loss_src)
+    run.scaler.scale(loss_src).backward()
     with run.autocast():
         d_trg = disc(trg_prob)
         loss_trg = 0.5 * bce_domain_loss(d_trg, TARGET_LABEL)
-    run.backward(loss_trg)
+    run.scaler.scale(loss_trg).backward()
     return {"loss_d": (loss_src + loss_trg).detach(),
             "d_acc_source": (d_src < 0).float().mean(), "d_acc_target": (d_trg > 0).float().mean()}
 
 
 def main(args):
-    run = Run(args, "train_adv")
+    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds, run folder
 
-    ## data: labelled source, unlabelled target (with pseudo labels for self-training)
-    source_set, source, target, val_loader, iters_per_epoch = uda_data(run, args)
+    ## data: labelled source, unlabelled target (with --pseudo labels for self-training),
+    ## each an endless stream shuffled apart from the other; Cityscapes val
+    source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
+    source_stream = Stream(run.train_loader(source_set, SOURCE_STREAM))
+    target_stream = Stream(run.train_loader(target_set, TARGET_STREAM))
+    val_loader = run.val_loader(cli.val_dataset(args))
+    iters_per_epoch = args.iters_per_epoch or len(source_stream)
+    report_data(run, source_set, val_loader.dataset)
 
     ## segmenter and discriminator, each with its optimiser and poly schedule
-    model = run.prepare(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
-    disc = run.prepare(build_discriminator(args.disc, NUM_CLASSES))
-    optimizer = cli.build_optimizer(
-        args, param_groups(run.unwrap(model), args.lr, args.weight_decay))
+    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
+    disc = run.place(build_discriminator(args.disc, NUM_CLASSES))
+    optimizer = cli.build_optimizer(args, param_groups(unwrap(model), args.lr,
+                                                       args.weight_decay))
     optimizer_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
-    scheduler = poly_scheduler(optimizer, args.epochs * iters_per_epoch)
-    scheduler_d = poly_scheduler(optimizer_d, args.epochs * iters_per_epoch)
+    scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
+    scheduler_d = poly_scheduler(optimizer_d, cli.poly_horizon(args, iters_per_epoch))
     criterion = build_criterion(args, source_set)
     parts = {"model": model, "disc": disc, "optimizer": optimizer, "optimizer_d": optimizer_d,
              "scheduler": scheduler, "scheduler_d": scheduler_d,
-             "source_stream": source, "target_stream": target}
-    start_epoch, best_miou = resume(run, args, **parts)
-    run.start_log(resumed_from=args.resume)
-    log_discriminator_profile(run, run.unwrap(disc), args)
+             "source_stream": source_stream, "target_stream": target_stream}
+    run.open_folder()
+    start_epoch, best_miou = resume(run, args, parts)
+    log_discriminator_profile(run, unwrap(disc), args)
 
     ## train loop
     for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
         timer, meter = Timer(), LossMeter()
         model.train()
-        bar = run.progress(range(iters_per_epoch), f"epoch {epoch + 1}/{args.epochs}")
+        bar = run.progress(iters_per_epoch, epoch)
         for i in bar:
             iteration = epoch * iters_per_epoch + i
-            src_batch, trg_batch = run.batch(source.next()), run.batch(target.next())
+            src_batch = run.batch_to_device(source_stream.next())
+            trg_batch = run.batch_to_device(target_stream.next())
             src_prob, trg_prob, losses = segmenter_step(
-                run, model, disc, criterion, src_batch, trg_batch, args)
+                run, model, disc, criterion, src_batch, trg_batch, iteration, args)
             losses.update(discriminator_step(run, disc, src_prob, trg_prob))
-            run.check_finite(losses["loss_seg"] + losses["loss_adv"] + losses["loss_d"],
-                             iteration)
-            run.step(optimizer, optimizer_d)
+            run.scaler.step(optimizer)
+            run.scaler.step(optimizer_d)
+            run.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            optimizer_d.zero_grad(set_to_none=True)
             scheduler.step()
             scheduler_d.step()
-            meter.add(losses)
+            meter.add(**losses)
             bar.set_postfix(meter.postfix("loss_seg", "loss_adv", "loss_d"))
 
-        ## validate on Cityscapes val, log, checkpoint
-        best_miou = end_epoch(run, args, model, val_loader, epoch, (epoch + 1) * iters_per_epoch,
-                              best_miou, timer, parts, lr=scheduler.get_last_lr()[0],
-                              lr_d=scheduler_d.get_last_lr()[0], **meter.means(run))
+        ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log
+        losses = check_divergence(meter.means(run), epoch, run.out)
+        result = validate(run, model, val_loader, args.val_size)
+        is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
+        record = epoch_record(epoch, iteration + 1, result, timer, lr=scheduler.get_last_lr()[0],
+                              lr_d=scheduler_d.get_last_lr()[0], **losses)
+        run.save(checkpoint_state(run, args, parts, epoch, iteration + 1, best_miou, record),
+                 is_best)
+        run.log_epoch(record)
     run.close()
 
 
@@ -138,7 +160,7 @@ def log_discriminator_profile(run, disc, args):
     macs = count_macs(disc, (1, NUM_CLASSES, *args.target_size))
     record = {"event": "discriminator", "disc": args.disc, "params": total,
               "gmacs": macs / 1e9, "gflops": 2 * macs / 1e9, "input": list(args.target_size)}
-    run.log(record)
+    run.log.write(record)
     print(f"discriminator {args.disc}: {total:,} parameters, {2 * macs / 1e9:.2f} GFLOPs "
           f"(2 x {macs / 1e9:.2f} G multiply-adds) at {args.target_size[0]}x"
           f"{args.target_size[1]}", flush=True)
@@ -157,11 +179,17 @@ def parse_args(argv=None):
     g.add_argument("--lr-d", type=float, default=1e-4, help="discriminator Adam LR (poly)")
     g.add_argument("--pseudo", metavar="DIR", help="target pseudo labels from gen_pseudo.py")
     g.add_argument("--lambda-pseudo", type=float, default=1.0)
-    g.add_argument("--iters-per-epoch", type=int,
+    g.add_argument("--iters-per-epoch", type=cli.positive_int,
                    help="iterations per epoch (default: one pass over the source)")
     cli.add_run_args(parser, default_out="runs/adv")
-    return cli.parse(parser, argv)
+    args = cli.parse(parser, argv, SCRIPT)
+    smallest = min(*args.source_size, *args.target_size, *(args.crop or args.source_size))
+    if smallest < MIN_DISC_INPUT:
+        parser.error(f"the discriminator halves its input five times: source and target "
+                     f"sizes (and --crop) must be at least {MIN_DISC_INPUT} pixels, got "
+                     f"{smallest}")
+    return args
 
 
 if __name__ == "__main__":
-    entry(main, parse_args)
+    cli.entry(main, parse_args)

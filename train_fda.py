@@ -21,15 +21,19 @@ Loss (FDA paper, Eq. 5 and 7):
 with L_ent the Charbonnier-penalised normalised entropy, eta = 2, weight 0.005.
 """
 from core import cli
-from core.datasets import normalize
-from core.evaluation import resize_images
+from core.checkpoint import checkpoint_state, resume, unwrap
+from core.evaluation import validate
 from core.labels import NUM_CLASSES
-from core.losses import charbonnier_entropy, seg_loss_sum
+from core.logs import LossMeter, Timer, epoch_record
+from core.losses import build_criterion, charbonnier_entropy, seg_loss_sum
 from core.models import build_model, param_groups
-from core.runtime import Run, Timer
+from core.runtime import Run, check_divergence, check_finite, report_data
+from core.sampling import SOURCE_STREAM, TARGET_STREAM, Stream
 from core.schedule import poly_scheduler
-from core.training import LossMeter, build_criterion, end_epoch, entry, resume, uda_data
+from core.transforms import normalize, resize_images
 from core.translate import fda_source_to_target, lab_transfer
+
+SCRIPT = "train_fda"
 
 
 def translate(args, source_images, target_images):
@@ -45,60 +49,74 @@ def translate(args, source_images, target_images):
     return lab_transfer(src, trg)
 
 
-def train_step(run, model, criterion, source, target, iteration, args):
+def train_step(run, model, criterion, src_batch, trg_batch, iteration, args):
     """CE on translated source + entropy (and pseudo-label CE) on target; returns the losses."""
     with run.autocast():
-        src_out = model(normalize(translate(args, source["image"], target["image"])))
-        loss_seg = seg_loss_sum(criterion, src_out, source["label"])
-        trg_out = model(normalize(target["image"]))
+        src_out = model(normalize(translate(args, src_batch["image"], trg_batch["image"])))
+        loss_seg = seg_loss_sum(criterion, src_out, src_batch["label"])
+        trg_out = model(normalize(trg_batch["image"]))
         loss_ent = charbonnier_entropy(trg_out[0], eta=args.eta)
         ent_weight = args.ent_weight if iteration >= args.ent_start else 0.0
         loss = loss_seg + ent_weight * loss_ent
         losses = {"loss_seg": loss_seg.detach(), "loss_ent": loss_ent.detach()}
-        if "label" in target:               # self-training on pseudo labels
-            loss_pseudo = seg_loss_sum(criterion, trg_out, target["label"])
+        if args.pseudo:                     # self-training on pseudo labels
+            loss_pseudo = seg_loss_sum(criterion, trg_out, trg_batch["label"])
             loss = loss + args.lambda_pseudo * loss_pseudo
             losses["loss_pseudo"] = loss_pseudo.detach()
-    run.check_finite(loss, iteration)
-    run.backward(loss)
+    check_finite(loss, iteration, run.out)
+    run.scaler.scale(loss).backward()
     return losses
 
 
 def main(args):
-    run = Run(args, "train_fda")
+    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds, run folder
 
-    ## data: labelled source, unlabelled target (with pseudo labels for self-training)
-    source_set, source, target, val_loader, iters_per_epoch = uda_data(run, args)
+    ## data: labelled source, unlabelled target (with --pseudo labels for self-training),
+    ## each an endless stream shuffled apart from the other; Cityscapes val
+    source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
+    source_stream = Stream(run.train_loader(source_set, SOURCE_STREAM))
+    target_stream = Stream(run.train_loader(target_set, TARGET_STREAM))
+    val_loader = run.val_loader(cli.val_dataset(args))
+    iters_per_epoch = args.iters_per_epoch or len(source_stream)
+    report_data(run, source_set, val_loader.dataset)
 
-    ## model, optimiser, schedule, loss
-    model = run.prepare(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
-    optimizer = cli.build_optimizer(
-        args, param_groups(run.unwrap(model), args.lr, args.weight_decay))
-    scheduler = poly_scheduler(optimizer, args.epochs * iters_per_epoch)
+    ## model, optimiser, poly schedule, loss
+    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
+    optimizer = cli.build_optimizer(args, param_groups(unwrap(model), args.lr,
+                                                       args.weight_decay))
+    scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
     criterion = build_criterion(args, source_set)
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler,
-             "source_stream": source, "target_stream": target}
-    start_epoch, best_miou = resume(run, args, **parts)
-    run.start_log(resumed_from=args.resume)
+             "source_stream": source_stream, "target_stream": target_stream}
+    run.open_folder()
+    start_epoch, best_miou = resume(run, args, parts)
 
     ## train loop
     for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
         timer, meter = Timer(), LossMeter()
         model.train()
-        bar = run.progress(range(iters_per_epoch), f"epoch {epoch + 1}/{args.epochs}")
+        bar = run.progress(iters_per_epoch, epoch)
         for i in bar:
             iteration = epoch * iters_per_epoch + i
-            losses = train_step(run, model, criterion, run.batch(source.next()),
-                                run.batch(target.next()), iteration, args)
-            run.step(optimizer)
+            src_batch = run.batch_to_device(source_stream.next())
+            trg_batch = run.batch_to_device(target_stream.next())
+            losses = train_step(run, model, criterion, src_batch, trg_batch, iteration, args)
+            run.scaler.step(optimizer)
+            run.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            meter.add(losses)
+            meter.add(**losses)
             bar.set_postfix(meter.postfix("loss_seg", "loss_ent"))
 
-        ## validate on Cityscapes val, log, checkpoint
-        best_miou = end_epoch(run, args, model, val_loader, epoch, (epoch + 1) * iters_per_epoch,
-                              best_miou, timer, parts, lr=scheduler.get_last_lr()[0],
-                              **meter.means(run))
+        ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log
+        losses = check_divergence(meter.means(run), epoch, run.out)
+        result = validate(run, model, val_loader, args.val_size)
+        is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
+        record = epoch_record(epoch, iteration + 1, result, timer,
+                              lr=scheduler.get_last_lr()[0], **losses)
+        run.save(checkpoint_state(run, args, parts, epoch, iteration + 1, best_miou, record),
+                 is_best)
+        run.log_epoch(record)
     run.close()
 
 
@@ -117,15 +135,15 @@ def parse_args(argv=None):
                    help="iteration from which the entropy loss is added")
     g.add_argument("--pseudo", metavar="DIR", help="target pseudo labels from gen_pseudo.py")
     g.add_argument("--lambda-pseudo", type=float, default=1.0)
-    g.add_argument("--iters-per-epoch", type=int,
+    g.add_argument("--iters-per-epoch", type=cli.positive_int,
                    help="iterations per epoch (default: one pass over the source)")
     cli.add_run_args(parser, default_out="runs/fda")
-    args = cli.parse(parser, argv)
+    args = cli.parse(parser, argv, SCRIPT)
     if args.translate == "fda" and not 0 <= args.beta <= 0.5:
         parser.error(f"--beta {args.beta}: expected a value in [0, 0.5] (paper: 0.01-0.09)")
     return args
 
 
 if __name__ == "__main__":
-    entry(main, parse_args)
+    cli.entry(main, parse_args)
 

@@ -11,62 +11,76 @@ on one labelled dataset and validate on Cityscapes val after every epoch.
         --aug flip,jitter,blur --out runs/gta_aug
     # the built-in synthetic pair, a few minutes on a laptop CPU
     python train_source.py --demo --out runs/demo_source
-    # several GPUs
+    # several GPUs (--batch-size is per process)
     torchrun --nproc_per_node 4 train_source.py --source-root data/GTA5 ...
     # continue a killed run exactly where it stopped
-    python train_source.py ... --resume runs/gta/last.pth
+    python train_source.py --resume runs/gta/last.pth
 """
 from core import cli
-from core.datasets import normalize
+from core.checkpoint import checkpoint_state, resume, unwrap
+from core.evaluation import validate
 from core.labels import NUM_CLASSES
-from core.losses import seg_loss_sum
+from core.logs import LossMeter, Timer, epoch_record
+from core.losses import build_criterion, seg_loss_sum
 from core.models import build_model, param_groups
-from core.runtime import Run, Timer, set_epoch
+from core.runtime import Run, check_divergence, check_finite, report_data
+from core.sampling import SOURCE_STREAM, Stream
 from core.schedule import poly_scheduler
-from core.training import LossMeter, build_criterion, end_epoch, entry, resume
+from core.transforms import normalize
+
+SCRIPT = "train_source"
 
 
 def main(args):
-    run = Run(args, "train_source")
+    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds, run folder
 
-    ## data
-    train_set, val_set = cli.build_source(args), cli.build_val(args)
-    train_loader = run.loader(train_set, args.batch_size, train=True, workers=args.workers)
-    val_loader = run.loader(val_set, min(args.batch_size, 4), train=False, workers=args.workers)
+    ## data: one labelled set (GTA5, or Cityscapes for the upper bound), Cityscapes val
+    source_set = cli.source_dataset(args)
+    source_stream = Stream(run.train_loader(source_set, SOURCE_STREAM))
+    val_loader = run.val_loader(cli.val_dataset(args))
+    iters_per_epoch = len(source_stream)
+    report_data(run, source_set, val_loader.dataset)
 
-    ## model, optimiser, schedule, loss
-    model = run.prepare(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
-    optimizer = cli.build_optimizer(
-        args, param_groups(run.unwrap(model), args.lr, args.weight_decay))
-    iters_per_epoch = len(train_loader)
-    scheduler = poly_scheduler(optimizer, args.epochs * iters_per_epoch)
-    criterion = build_criterion(args, train_set)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
-    start_epoch, best_miou = resume(run, args, **parts)
-    run.start_log(resumed_from=args.resume)
+    ## model, optimiser, poly schedule, loss
+    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
+    optimizer = cli.build_optimizer(args, param_groups(unwrap(model), args.lr,
+                                                       args.weight_decay))
+    scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
+    criterion = build_criterion(args, source_set)
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler,
+             "source_stream": source_stream}
+    run.open_folder()
+    start_epoch, best_miou = resume(run, args, parts)
 
     ## train loop
     for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
         timer, meter = Timer(), LossMeter()
-        set_epoch(train_loader, epoch)
         model.train()
-        bar = run.progress(train_loader, f"epoch {epoch + 1}/{args.epochs}")
-        for i, batch in enumerate(bar):
-            batch = run.batch(batch)
+        bar = run.progress(iters_per_epoch, epoch)
+        for i in bar:
+            iteration = epoch * iters_per_epoch + i
+            src_batch = run.batch_to_device(source_stream.next())
             with run.autocast():
-                outputs = model(normalize(batch["image"]))  # (main, *aux) in train mode
-                loss = seg_loss_sum(criterion, outputs, batch["label"])
-            run.check_finite(loss, epoch * iters_per_epoch + i)
-            run.backward(loss)
-            run.step(optimizer)
+                outputs = model(normalize(src_batch["image"]))  # (main, *aux) in train mode
+                loss = seg_loss_sum(criterion, outputs, src_batch["label"])
+            check_finite(loss, iteration, run.out)
+            run.scaler.scale(loss).backward()
+            run.scaler.step(optimizer)
+            run.scaler.update()
+            optimizer.zero_grad(set_to_none=True)
             scheduler.step()
-            meter.add({"loss": loss})
+            meter.add(loss=loss)
             bar.set_postfix(meter.postfix("loss"), lr=f"{scheduler.get_last_lr()[0]:.2e}")
 
-        ## validate on Cityscapes val, log, checkpoint (last.pth; best.pth on a new best)
-        best_miou = end_epoch(run, args, model, val_loader, epoch, (epoch + 1) * iters_per_epoch,
-                              best_miou, timer, parts, lr=scheduler.get_last_lr()[0],
-                              **meter.means(run))
+        ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log
+        losses = check_divergence(meter.means(run), epoch, run.out)
+        result = validate(run, model, val_loader, args.val_size)
+        is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
+        record = epoch_record(epoch, iteration + 1, result, timer,
+                              lr=scheduler.get_last_lr()[0], **losses)
+        run.save(checkpoint_state(run, args, parts, epoch, iteration + 1, best_miou, record),
+                 is_best)
+        run.log_epoch(record)
     run.close()
 
 
@@ -76,8 +90,8 @@ def parse_args(argv=None):
     cli.add_model_args(parser)
     cli.add_optim_args(parser)
     cli.add_run_args(parser, default_out="runs/source")
-    return cli.parse(parser, argv)
+    return cli.parse(parser, argv, SCRIPT)
 
 
 if __name__ == "__main__":
-    entry(main, parse_args)
+    cli.entry(main, parse_args)

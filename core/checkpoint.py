@@ -1,8 +1,11 @@
-"""Checkpoints that are written atomically and restore a run exactly.
+"""Checkpoints: written atomically, loaded without running code, restoring a run exactly.
 
 One dict holds everything: the networks, their optimisers and schedulers, the grad scaler,
-the iteration and epoch, the best score, the RNG states and the run's arguments (so that a
-checkpoint describes itself and evaluate.py can rebuild the model from it).
+the data-stream positions, the epoch and iteration, the best score, the RNG states, the
+script and its arguments (so a checkpoint describes itself and evaluate.py can rebuild the
+model from it), and the epoch's log line (so a kill between the save and the log loses
+nothing). Only plain types and tensors are stored, so `torch.load(weights_only=True)` reads
+it: loading a checkpoint someone shared never executes code.
 """
 import os
 import random
@@ -12,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from core.errors import CheckpointError
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not fit the run."""
+TMP_SUFFIX = ".tmp"
 
+
+# --------------------------------------------------------------------------- files
 
 def save_checkpoint(state, path):
     """Write `state` to `path` through a temp file and a rename: a kill never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
@@ -33,37 +38,33 @@ def save_checkpoint(state, path):
         raise
 
 
-def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint written by save_checkpoint, with an error that names the file."""
+def remove_orphaned_temp_files(folder, names=("last.pth", "best.pth")):
+    """Temp files that a killed save_checkpoint left behind (ours only: `.NAME.*.tmp`)."""
+    for name in names:
+        for tmp in Path(folder).glob(f".{name}.*{TMP_SUFFIX}"):
+            tmp.unlink(missing_ok=True)
+
+
+def load_checkpoint(path, map_location="cpu", mmap=False):
+    """Read a checkpoint of this project, with an error that names the file.
+
+    weights_only=True: tensors and plain containers only, never pickled code.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated, not a torch file, ...
-        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {e}); "
-                              "is it a file written by this project's training scripts?") from e
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated, not a torch file, holds objects other than tensors...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
+                              f"{first}); is it a file written by this project's training "
+                              "scripts? (objects other than tensors and plain types are "
+                              "refused: loading them could run code)") from e
     if not isinstance(state, dict) or "model" not in state or "args" not in state:
         raise CheckpointError(f"{path} is not a training checkpoint of this project "
                               "(expected a dict with 'model' and 'args')")
     return state
-
-
-def rng_state():
-    """Every RNG a training run draws from (python, numpy, torch CPU and CUDA)."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def load_weights(module, state_dict, path, what="model"):
@@ -74,3 +75,71 @@ def load_weights(module, state_dict, path, what="model"):
         first = str(e).splitlines()[:4]
         raise CheckpointError(f"the {what} in {path} does not fit the network built from its "
                               f"arguments: " + " ".join(first)) from e
+
+
+# --------------------------------------------------------------------------- RNG states
+
+def rng_state():
+    """Every RNG a training run draws from, as tensors and plain types (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss),
+                       float(gauss)],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- run state
+
+def unwrap(module):
+    """The network inside a DistributedDataParallel (or torch.compile) wrapper."""
+    module = getattr(module, "_orig_mod", module)
+    return module.module if hasattr(module, "module") else module
+
+
+def checkpoint_state(run, args, parts, epoch, iteration, best_miou, log_record=None):
+    """One dict with every part's state (networks unwrapped from DDP), RNGs and the args.
+
+    `epoch` is the last finished epoch (0-based); `iteration` the optimiser steps taken.
+    """
+    state = {name: unwrap(part).state_dict() for name, part in parts.items()}
+    state.update(scaler=run.scaler.state_dict() if run.scaler else None, epoch=epoch,
+                 iteration=iteration, best_miou=float(best_miou), rng=rng_state(),
+                 script=run.script, args=vars(args), log_record=log_record)
+    return state
+
+
+def resume(run, args, parts):
+    """Restore every part from --resume. Returns (first epoch to run, best mIoU so far).
+
+    The checkpoint's script and arguments were checked against the command line when the
+    arguments were parsed (core.cli); here the states are loaded.
+    """
+    if not args.resume:
+        return 0, -1.0
+    state = load_checkpoint(args.resume)
+    for name, part in parts.items():
+        if name not in state:
+            raise CheckpointError(f"{args.resume} has no '{name}' state: it was written by "
+                                  f"another script ({', '.join(sorted(state))})")
+        if isinstance(part, torch.nn.Module):
+            load_weights(unwrap(part), state[name], args.resume, what=name)
+        else:
+            part.load_state_dict(state[name])
+    if run.scaler and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    run.restore_log(state.get("log_record"))
+    return state["epoch"] + 1, state["best_miou"]

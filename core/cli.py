@@ -1,15 +1,23 @@
-"""Command-line options shared by the training scripts, and what they build.
+"""Command-line flags shared by the scripts, their defaults, and what they build.
 
-Defaults follow the papers (reference sheet, section 4); a value left at None is filled in
-per model by `resolve_defaults`, and `--demo` fills in the demo pair's small settings for
-anything the user did not set.
+Defaults, in one place: `MODEL_DEFAULTS` (per network, from the papers) and `DEMO_SETTINGS`
+(the built-in demo pair). A flag given on the command line always wins; then --demo's
+setting; then the model's default; then the flag's own default.
+
+A resumed run (--resume) continues the run as it was started: its stored arguments are used,
+flags that would change it (--lr, --epochs, --batch-size, --seed, ...) are refused if they
+differ, and only session flags (SESSION_FLAGS) apply.
 """
 import argparse
 import os
+import sys
+from pathlib import Path
 
 import torch
 
+from core.checkpoint import load_checkpoint
 from core.datasets import GTA5, Cityscapes, PseudoLabelDataset
+from core.errors import ConfigError, SegDAError
 from core.models import BACKBONES, MODEL_NAMES
 from core.transforms import build_transforms
 
@@ -22,8 +30,36 @@ MODEL_DEFAULTS = {
     # batch 1.
     "deeplabv2": {"lr": 2.5e-4, "weight_decay": 5e-4, "batch_size": 1},
 }
+# --demo: half the generated resolution (the source keeps its 16:9 aspect), random
+# initialisation (nothing is downloaded) and a schedule that ends in minutes on a 2-core CPU.
+# Learning rate and batch size stay the model's.
+DEMO_SETTINGS = {"source_size": (144, 256), "target_size": (128, 256), "val_size": (128, 256),
+                 "epochs": 10, "pretrained": "none"}
 # Working sizes (H, W) of the UDA literature: GTA5 at 1280x720, Cityscapes at 1024x512.
 DATASET_SIZES = {"gta5": (720, 1280), "cityscapes": (512, 1024)}
+DEFAULT_EPOCHS = 50       # the brief's
+# Flags that a resumed run may change: they do not change what the run computes.
+SESSION_FLAGS = ("resume", "out", "stop_after", "workers", "device", "demo", "log_every",
+                 "save_every", "time_limit")
+
+
+# --------------------------------------------------------------------------- flags
+
+def new_parser(doc):
+    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog=doc)
+
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+    return value
+
+
+def add_device_arg(p):
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
 
 
 def add_data_args(p, target=False):
@@ -34,24 +70,24 @@ def add_data_args(p, target=False):
     g.add_argument("--source-split", default=None,
                    help="GTA5: list file of names (or its name in the root, e.g. train); "
                         "Cityscapes: split folder (default train)")
-    g.add_argument("--source-size", type=int, nargs=2, metavar=("H", "W"),
+    g.add_argument("--source-size", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="working size of source images (default 720 1280 for GTA5, "
                         "512 1024 for Cityscapes)")
     if target:
         g.add_argument("--target-root", help="Cityscapes folder (labels are never read)")
         g.add_argument("--target-split", default="train")
-        g.add_argument("--target-size", type=int, nargs=2, metavar=("H", "W"),
-                       default=None, help="working size of target images (default 512 1024)")
+        g.add_argument("--target-size", type=positive_int, nargs=2, metavar=("H", "W"),
+                       help="working size of target images (default 512 1024)")
     g.add_argument("--val-root", help="Cityscapes folder for validation (default: the "
                                       "target root, or the source root for Cityscapes)")
     g.add_argument("--val-split", default="val")
-    g.add_argument("--val-size", type=int, nargs=2, metavar=("H", "W"),
+    g.add_argument("--val-size", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="working size at which validation images are fed (default: the "
                         "target size, 512 1024); logits are upsampled to the label size")
     g.add_argument("--aug", default="none",
                    help="source augmentations, comma-separated from flip,jitter,blur,scale")
     g.add_argument("--aug-p", type=float, default=0.5, help="probability of each augmentation")
-    g.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"),
+    g.add_argument("--crop", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="train on random crops of this size of the resized source images")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
 
@@ -62,48 +98,126 @@ def add_model_args(p):
     g.add_argument("--backbone", choices=sorted({b for v in BACKBONES.values() for b in v}),
                    default=None, help="bisenet: resnet18 (default) or resnet101; "
                                       "deeplabv2: resnet101")
-    g.add_argument("--pretrained", default="imagenet",
-                   help="imagenet (torchvision's weights from its cache), a .pth path, or none")
+    g.add_argument("--pretrained", default=None,
+                   help="imagenet (default; torchvision's weights from its cache), a .pth "
+                        "path, or none")
 
 
 def add_optim_args(p):
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    g.add_argument("--lr", type=float, default=None, help="default: 2.5e-2 BiSeNet, "
-                                                          "2.5e-4 DeepLabV2")
+    g.add_argument("--lr", type=float, default=None,
+                   help="default: " + ", ".join(f"{m} {d['lr']}" for m, d in
+                                                MODEL_DEFAULTS.items()))
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight-decay", type=float, default=None,
-                   help="default: 1e-4 BiSeNet, 5e-4 DeepLabV2")
+                   help="default: " + ", ".join(f"{m} {d['weight_decay']}" for m, d in
+                                                MODEL_DEFAULTS.items()))
     g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.99))
     g.add_argument("--loss", choices=("ce", "focal", "weighted-ce"), default="ce")
     g.add_argument("--focal-gamma", type=float, default=2.0)
-    g.add_argument("--epochs", type=int, default=50, help="the brief's 50 epochs")
-    g.add_argument("--batch-size", type=int, default=None,
-                   help="default: 8 BiSeNet, 1 DeepLabV2")
+    g.add_argument("--epochs", type=positive_int, default=None,
+                   help=f"default {DEFAULT_EPOCHS} (the brief's), {DEMO_SETTINGS['epochs']} "
+                        f"with --demo")
+    g.add_argument("--poly-iters", type=positive_int, default=None, metavar="ITERS",
+                   help="horizon of the poly LR decay (default: the run's length, so the LR "
+                        "reaches 0; the official UDA runs stop early, e.g. AdaptSegNet at "
+                        "150k of a 250k horizon)")
+    g.add_argument("--batch-size", type=positive_int, default=None,
+                   help="per process; default: " + ", ".join(
+                       f"{m} {d['batch_size']}" for m, d in MODEL_DEFAULTS.items()))
 
 
 def add_run_args(p, default_out):
     g = p.add_argument_group("run")
-    g.add_argument("--out", default=default_out, help="run folder (checkpoints, metrics.jsonl)")
+    g.add_argument("--out", default=None,
+                   help=f"run folder: checkpoints, metrics.jsonl (default {default_out}; "
+                        f"with --resume the checkpoint's folder)")
+    p.set_defaults(default_out=default_out)
     g.add_argument("--resume", help="continue a run from its last.pth")
-    g.add_argument("--stop-after", type=int, metavar="EPOCHS",
+    g.add_argument("--stop-after", type=positive_int, metavar="EPOCHS",
                    help="end this session after that many epochs in total (resume later); "
                         "for time-limited Colab/Kaggle sessions")
     g.add_argument("--seed", type=int, default=42)
-    g.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_device_arg(g)
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or "
                                                       "fp16 with loss scaling)")
     g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="under torchrun: BatchNorm statistics over all processes' batches")
     g.add_argument("--demo", action="store_true",
                    help="use the built-in synthetic GTA5/Cityscapes-style pair (data/demo)")
 
 
+# --------------------------------------------------------------------------- parsing
+
+def parse(parser, argv=None, script=None):
+    """Parse, then fill defaults (new run) or take the stored arguments (--resume)."""
+    args = parser.parse_args(argv)
+    try:
+        if args.resume:
+            args = resume_args(parser, args, given_flags(parser, argv), script)
+        else:
+            args = resolve_defaults(args, parser)
+    except SegDAError as e:
+        parser.error(str(e))
+    vars(args).pop("default_out", None)
+    return args
+
+
+def given_flags(parser, argv):
+    """Names of the flags given on the command line (not left at their defaults)."""
+    saved = {a.dest: a.default for a in parser._actions}
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        return set(vars(parser.parse_args(argv)))
+    finally:
+        for a in parser._actions:
+            a.default = saved[a.dest]
+
+
+def _same(a, b):
+    """Equal as flag values (a tuple stored in a checkpoint equals the list argparse makes)."""
+    def plain(v):
+        return list(v) if isinstance(v, list | tuple) else v
+    return plain(a) == plain(b)
+
+
+def resume_args(parser, args, given, script):
+    """The stored arguments of the run that --resume continues, plus this session's flags."""
+    ckpt = Path(args.resume)
+    state = load_checkpoint(ckpt, mmap=True)
+    if script and state.get("script") not in (None, script):
+        raise ConfigError(f"--resume {ckpt}: that run was made by {state['script']}.py, not "
+                          f"{script}.py (resume it with its own script)")
+    stored = dict(state["args"])
+    changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run has {stored[k]})"
+               for k in sorted(given) if k not in SESSION_FLAGS and k in stored
+               and not _same(getattr(args, k), stored[k])]
+    if changed:
+        raise ConfigError("--resume continues the run as it was started, but this command "
+                          "changes " + "; ".join(changed) + ". Drop those flags, or start "
+                          "a new run with another --out")
+    folder = ckpt.resolve().parent
+    if args.out is not None and Path(args.out).resolve() != folder:
+        raise ConfigError(f"--resume {ckpt} continues the run in {folder}; --out {args.out} "
+                          f"is another folder (drop --out)")
+    for a in parser._actions:          # flags added since that run was made
+        stored.setdefault(a.dest, a.default)
+    resumed = argparse.Namespace(**stored)
+    for name in SESSION_FLAGS:           # this session's, given or default
+        if hasattr(args, name):
+            setattr(resumed, name, getattr(args, name))
+    resumed.resume, resumed.out = str(ckpt), str(folder)
+    return resumed
+
+
 def resolve_defaults(args, parser):
-    """Fill per-model defaults and, with --demo, the demo pair's paths and small settings."""
+    """Fill defaults: explicit flag > --demo setting > model default > flag default."""
     if args.demo:
-        from core import demo  # generated on first use only
-        paths = demo.ensure_demo()
-        settings = demo.demo_settings()
+        from core.demo import ensure_demo  # generated on first use only
+        paths = ensure_demo()
         args.source_root = args.source_root or str(
             paths.source if args.source == "gta5" else paths.target)
         if args.source == "gta5" and args.source_split is None:
@@ -111,41 +225,46 @@ def resolve_defaults(args, parser):
         if hasattr(args, "target_root"):
             args.target_root = args.target_root or str(paths.target)
         args.val_root = args.val_root or str(paths.target)
-        for name, value in settings.items():
-            if hasattr(args, name) and getattr(args, name) == parser.get_default(name):
+        for name, value in DEMO_SETTINGS.items():
+            if hasattr(args, name) and getattr(args, name) is None:
                 setattr(args, name, value)
-    defaults = MODEL_DEFAULTS[args.model]
-    for name in ("lr", "weight_decay", "batch_size"):
+    for name, value in MODEL_DEFAULTS[args.model].items():
         if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
-    if args.source_size is None:
-        args.source_size = DATASET_SIZES[args.source]
-    if getattr(args, "target_size", "absent") is None:
-        args.target_size = DATASET_SIZES["cityscapes"]
-    if args.val_size is None:
-        args.val_size = getattr(args, "target_size", None) or (
-            args.source_size if args.source == "cityscapes" else DATASET_SIZES["cityscapes"])
+            setattr(args, name, value)
+    args.epochs = args.epochs or DEFAULT_EPOCHS
+    args.pretrained = args.pretrained or "imagenet"
+    args.out = args.out or args.default_out
+    args.source_size = tuple(args.source_size or DATASET_SIZES[args.source])
+    if hasattr(args, "target_size"):
+        args.target_size = tuple(args.target_size or DATASET_SIZES["cityscapes"])
+    args.val_size = tuple(args.val_size or getattr(args, "target_size", None) or (
+        args.source_size if args.source == "cityscapes" else DATASET_SIZES["cityscapes"]))
     if args.val_root is None:
         args.val_root = getattr(args, "target_root", None) or (
             args.source_root if args.source == "cityscapes" else None)
     if args.source_root is None:
-        parser.error("--source-root is required (or --demo for the built-in synthetic pair)")
+        raise ConfigError("--source-root is required (or --demo for the built-in synthetic pair)")
     if hasattr(args, "target_root") and args.target_root is None:
-        parser.error("--target-root is required (or --demo)")
+        raise ConfigError("--target-root is required (or --demo)")
     if args.val_root is None:
-        parser.error("--val-root is required when training on GTA5 (a Cityscapes folder)")
-    if args.backbone is None:
-        args.backbone = BACKBONES[args.model][0]
+        raise ConfigError("--val-root is required when training on GTA5 (a Cityscapes folder)")
+    args.backbone = args.backbone or BACKBONES[args.model][0]
     if args.backbone not in BACKBONES[args.model]:
-        parser.error(f"--backbone {args.backbone} is not available for --model {args.model}; "
-                     f"choose {' or '.join(BACKBONES[args.model])}")
-    for name in ("source_size", "target_size", "val_size"):
-        if hasattr(args, name):
-            setattr(args, name, tuple(getattr(args, name)))
+        raise ConfigError(f"--backbone {args.backbone} is not available for --model "
+                          f"{args.model}; choose {' or '.join(BACKBONES[args.model])}")
+    if args.crop and (args.crop[0] > args.source_size[0] or args.crop[1] > args.source_size[1]):
+        raise ConfigError(f"--crop {args.crop[0]} {args.crop[1]} is larger than the source "
+                          f"working size {args.source_size[0]} {args.source_size[1]}")
+    if args.model == "deeplabv2" and args.pretrained == "none":
+        raise ConfigError("--model deeplabv2 --pretrained none cannot train: its BatchNorm is "
+                          "frozen (Caffe style), which random weights cannot work with; pass "
+                          "--pretrained imagenet or a DeepLab initialisation file")
     return args
 
 
-def build_source(args):
+# --------------------------------------------------------------------------- what flags build
+
+def source_dataset(args):
     """The labelled training set, resized to --source-size, with --aug applied."""
     transform = build_transforms(args.aug, p=args.aug_p, crop=args.crop)
     if args.source == "gta5":
@@ -155,17 +274,22 @@ def build_source(args):
                       size=args.source_size, transform=transform)
 
 
-def build_target(args, pseudo_dir=None):
-    """Unlabelled Cityscapes training images (paired with pseudo labels when given)."""
+def target_dataset(args):
+    """Unlabelled Cityscapes training images, paired with --pseudo labels when given."""
     images = Cityscapes(args.target_root, split=args.target_split, size=args.target_size,
                         labelled=False)
-    return PseudoLabelDataset(images, pseudo_dir) if pseudo_dir else images
+    return PseudoLabelDataset(images, args.pseudo) if args.pseudo else images
 
 
-def build_val(args):
+def val_dataset(args):
     """Cityscapes validation at native resolution: evaluation resizes images on the device
     to the working size and upsamples the logits to the full label size."""
     return Cityscapes(args.val_root, split=args.val_split, size=None)
+
+
+def poly_horizon(args, iters_per_epoch):
+    """Iterations over which the poly schedule decays: --poly-iters, else the whole run."""
+    return args.poly_iters or args.epochs * iters_per_epoch
 
 
 def build_optimizer(args, groups):
@@ -176,11 +300,23 @@ def build_optimizer(args, groups):
                             weight_decay=args.weight_decay)
 
 
-def parse(parser, argv=None):
-    return resolve_defaults(parser.parse_args(argv), parser)
+# --------------------------------------------------------------------------- running
+
+def one_line(error):
+    """The message of a project error; for one re-raised from a loader worker, the original
+    message without the worker's traceback."""
+    text = str(error)
+    marker = f"{type(error).__name__}: "
+    if text.startswith("Caught ") and marker in text:
+        text = text.rsplit(marker, 1)[1]
+    return text.strip()
 
 
-def new_parser(doc):
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=doc)
+def entry(main, parse_args):
+    """Run a script's main: the project's own errors end with `error: <message>` (exit 1),
+    anything else keeps its traceback (a bug must be visible)."""
+    args = parse_args()
+    try:
+        main(args)
+    except SegDAError as e:
+        sys.exit(f"error: {one_line(e)}")

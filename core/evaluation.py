@@ -7,19 +7,12 @@ whole set. Both sizes are reported with every result, since published numbers mo
 import torch
 import torch.nn.functional as F
 
-from core.checkpoint import load_checkpoint, load_weights
-from core.datasets import normalize
+from core.checkpoint import load_checkpoint, load_weights, unwrap
+from core.errors import DataError
 from core.labels import NUM_CLASSES
 from core.metrics import ConfusionMatrix
 from core.models import build_model
-
-
-def resize_images(images, size):
-    """Resize a batch of 0-255 images to (H, W), bilinear with antialiasing when shrinking."""
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images.float()
-    return F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
-                         antialias=True)
+from core.transforms import normalize, resize_images
 
 
 @torch.inference_mode()
@@ -59,6 +52,21 @@ def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress
                 pred = predict_probs(models, sizes, images, out_size).argmax(1)
         cm.update(pred, labels)
     return cm.reduce()
+
+
+def validate(run, model, loader, size):
+    """Score the network on this rank's shard of Cityscapes val, summed over ranks.
+
+    Every rank first takes rank 0's BatchNorm statistics, so the score is that of the
+    network the checkpoint holds. A set with no labelled pixel is an error, not a NaN.
+    """
+    run.sync_buffers(model)
+    result = evaluate([unwrap(model)], [size], loader, run.device, NUM_CLASSES,
+                      autocast=run.autocast).compute()
+    if result["miou"] != result["miou"]:     # NaN: no valid pixel anywhere
+        raise DataError(f"the validation set {loader.dataset!r} has no labelled pixel "
+                        f"(every label is ignore or an unknown id)")
+    return result
 
 
 def load_model(path, device, size=None):

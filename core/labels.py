@@ -6,6 +6,7 @@ Facts from the Cityscapes definition (labels.py of cityscapesScripts); 255 = ign
 from functools import lru_cache
 
 import numpy as np
+from PIL import Image
 
 NUM_CLASSES = 19
 IGNORE_INDEX = 255
@@ -87,3 +88,14 @@ def colorize(train_ids):
     table = np.zeros((256, 3), dtype=np.uint8)  # ignore and unknown values render black
     table[:NUM_CLASSES] = PALETTE
     return table[np.asarray(train_ids, dtype=np.uint8)]
+
+
+def save_label_png(train_ids, path):
+    """Write a train-id map as a palette PNG: pixel values are the train ids (what the loaders
+    read), the palette shows them in the Cityscapes colours (ignore black)."""
+    ids = np.ascontiguousarray(train_ids, dtype=np.uint8)
+    im = Image.frombytes("P", (ids.shape[1], ids.shape[0]), ids.tobytes())
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[:NUM_CLASSES] = PALETTE
+    im.putpalette(table.tobytes())
+    im.save(path)

@@ -1,12 +1,30 @@
-"""Losses: segmentation (CE, focal, class-weighted CE), adversarial BCE, target entropy."""
+"""Losses: segmentation (CE, focal, class-weighted CE), adversarial BCE, target entropy.
+
+Every segmentation loss is a mean over the labelled pixels, and 0 (not NaN) for a batch
+with none (AdaptSegNet's CrossEntropy2d does the same), so one all-ignore label cannot stop
+a run.
+"""
 import math
 
 import torch
 import torch.nn.functional as F
 
-from core.labels import IGNORE_INDEX
+from core.errors import ConfigError
+from core.labels import IGNORE_INDEX, NUM_CLASSES
 
 SEG_LOSSES = ("ce", "focal", "weighted-ce")
+
+
+def cross_entropy(logits, target, weight=None, ignore_index=IGNORE_INDEX):
+    """Pixel cross-entropy, (weighted) mean over labelled pixels; 0 when there are none."""
+    valid = target != ignore_index
+    total = F.cross_entropy(logits.float(), target, weight=None if weight is None else
+                            weight.to(logits.device), ignore_index=ignore_index, reduction="sum")
+    if weight is None:
+        norm = valid.sum().clamp(min=1).float()
+    else:
+        norm = weight.to(logits.device)[target[valid]].sum().clamp(min=1e-12)
+    return total / norm
 
 
 def focal_loss(logits, target, gamma=2.0, alpha=None, ignore_index=IGNORE_INDEX):
@@ -39,18 +57,15 @@ def class_weights_from_counts(counts, eps=1.02):
 def build_seg_loss(name, gamma=2.0, class_weights=None, ignore_index=IGNORE_INDEX):
     """Segmentation criterion `loss(logits, target)` for --loss ce | focal | weighted-ce."""
     if name == "ce":
-        return lambda logits, target: F.cross_entropy(
-            logits.float(), target, ignore_index=ignore_index)
+        return lambda logits, target: cross_entropy(logits, target, ignore_index=ignore_index)
     if name == "focal":
         return lambda logits, target: focal_loss(
             logits, target, gamma=gamma, alpha=class_weights, ignore_index=ignore_index)
     if name == "weighted-ce":
         if class_weights is None:
             raise ValueError("--loss weighted-ce needs class weights from label counts")
-        return lambda logits, target: F.cross_entropy(
-            logits.float(), target, weight=class_weights.to(logits.device),
-            ignore_index=ignore_index)
-    raise ValueError(f"unknown --loss {name!r}; choose one of {', '.join(SEG_LOSSES)}")
+        return lambda logits, target: cross_entropy(logits, target, class_weights, ignore_index)
+    raise ConfigError(f"unknown --loss {name!r}; choose one of {', '.join(SEG_LOSSES)}")
 
 
 def seg_loss_sum(criterion, outputs, target):
@@ -73,3 +88,21 @@ def charbonnier_entropy(logits, eta=2.0):
     log_p = F.log_softmax(logits.float(), dim=1)
     entropy = -(log_p.exp() * log_p).sum(1) / math.log(logits.shape[1])
     return ((entropy ** 2 + 1e-8) ** eta).mean()
+
+
+def label_counts(dataset, max_images=500):
+    """Labelled pixels per class over (an evenly spaced subset of) a dataset."""
+    step = max(1, len(dataset) // max_images)
+    counts = torch.zeros(NUM_CLASSES, dtype=torch.int64)
+    for i in range(0, len(dataset), step):
+        label = dataset[i]["label"].reshape(-1).long()
+        counts += torch.bincount(label[label < NUM_CLASSES], minlength=NUM_CLASSES)
+    return counts
+
+
+def build_criterion(args, train_set):
+    """--loss ce | focal | weighted-ce; class weights come from the source label frequencies."""
+    weights = None
+    if args.loss == "weighted-ce":
+        weights = class_weights_from_counts(label_counts(train_set))
+    return build_seg_loss(args.loss, gamma=args.focal_gamma, class_weights=weights)

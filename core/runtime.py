@@ -1,29 +1,37 @@
-"""Run plumbing shared by the training scripts: seed, device, AMP, DDP, loaders, logs, saving.
+"""One training run's machinery: process group, device, precision, run folder and its log.
 
-The scripts stay algorithm listings; everything that is the same for every method lives
-in `Run`. Launched by `torchrun`, a run initialises torch.distributed itself (gloo on CPU,
-nccl on CUDA): each rank sees its own shard, only rank 0 writes logs and checkpoints.
+    run = Run(args, "train_source")      # torchrun-aware: rank, device, AMP, seeds, folder lock
+    model = run.place(build_model(...))   # on the device (channels_last), in DDP when distributed
+    with run.autocast(): loss = ...
+    run.scaler.scale(loss).backward()
+    run.scaler.step(optimizer); run.scaler.update(); optimizer.zero_grad(set_to_none=True)
+
+Launched by `torchrun`, a run initialises torch.distributed itself (gloo on CPU, nccl on
+CUDA): each rank sees its own shard of the data; only rank 0 writes the log and checkpoints.
 """
 import contextlib
-import json
+import fcntl
+import math
 import os
 import platform
 import random
+import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from core.checkpoint import save_checkpoint
+from core.checkpoint import remove_orphaned_temp_files, save_checkpoint, unwrap
+from core.errors import ConfigError, NonFiniteLossError, RunFolderError
+from core.logs import RunLog, print_epoch
+from core.sampling import EVAL_STREAM, make_loader
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite: the run stops without overwriting a good checkpoint."""
+# An epoch whose mean loss passes this has diverged (cross-entropy over 19 classes starts
+# near ln 19 = 2.9): it is never saved as best.pth, and the run stops.
+DIVERGED_LOSS = 1e3
 
 
 def seed_everything(seed):
@@ -38,9 +46,11 @@ def select_device(name, index=0):
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda":
         if not torch.cuda.is_available():
-            raise SystemExit("--device cuda: no CUDA device is visible to PyTorch")
+            raise ConfigError("--device cuda: no CUDA device is visible to PyTorch")
         return torch.device("cuda", index)
-    return torch.device(name)
+    if name != "cpu":
+        raise ConfigError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device("cpu")
 
 
 def git_commit():
@@ -52,75 +62,41 @@ def git_commit():
         return None
 
 
-class EpochSampler(Sampler):
-    """Shuffles with a generator seeded by (seed, epoch) and can start mid-epoch.
-
-    The order depends only on the seed and the epoch, never on what ran before, so a resumed
-    run sees exactly the batches the uninterrupted run would have seen. Under DDP each rank
-    takes every world_size-th index; for training the order is padded to a multiple of
-    world_size (as DistributedSampler does), for evaluation it is not (no duplicates).
-    """
-
-    def __init__(self, length, shuffle, seed=0, rank=0, world_size=1, pad=True):
-        self.length, self.shuffle, self.seed = length, shuffle, seed
-        self.rank, self.world_size, self.pad = rank, world_size, pad
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch, start=0):
-        """Next iteration yields epoch `epoch`, skipping its first `start` indices of this rank."""
-        self.epoch, self.start = epoch, start
-
-    def _indices(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.length, generator=g).tolist()
-        else:
-            order = list(range(self.length))
-        if self.pad and self.world_size > 1:
-            order += order[: (-len(order)) % self.world_size]
-        return order[self.rank::self.world_size]
-
-    def __iter__(self):
-        return iter(self._indices()[self.start:])
-
-    def __len__(self):
-        return len(self._indices()) - self.start
+def check_finite(loss, iteration, out):
+    """Stop before a NaN/inf loss reaches the weights (and so any checkpoint)."""
+    if not torch.isfinite(loss.detach()).all():
+        last = Path(out) / "last.pth"
+        where = (f"the last good checkpoint is {last}" if last.is_file()
+                 else "no checkpoint was written yet")
+        raise NonFiniteLossError(f"loss is {loss.item()} at iteration {iteration}; stopping "
+                                 f"without saving; {where} (try a lower --lr)")
 
 
-def set_epoch(loader, epoch, start=0):
-    """Point a loader at `epoch` (from batch position `start`), with worker seeds that depend
-    only on the seed and the epoch: the same augmentations whether or not the run resumed."""
-    loader.sampler.set_epoch(epoch, start=start * loader.batch_size)
-    loader.generator.manual_seed(loader.sampler.seed * 100_003 + epoch)
+def check_divergence(losses, epoch, out):
+    """An epoch whose mean losses are non-finite or exploded is never saved or validated."""
+    for name, value in losses.items():
+        if not math.isfinite(value) or abs(value) > DIVERGED_LOSS:
+            last = Path(out) / "last.pth"
+            where = (f"the last good checkpoint is {last}" if last.is_file()
+                     else "no checkpoint was written yet")
+            raise NonFiniteLossError(f"mean {name} of epoch {epoch + 1} is {value:.4g}: the "
+                                     f"run diverged; stopping without saving; {where} (try a "
+                                     f"lower --lr)")
+    return losses
 
 
-class Stream:
-    """Endless batches from a loader, pass after pass (the target domain in UDA training).
-
-    Its position (pass, batches taken) is checkpointed, so a resumed run continues the same
-    sequence of target batches.
-    """
-
-    def __init__(self, loader):
-        self.loader, self.epoch, self.taken, self._it = loader, 0, 0, None
-
-    def next(self):
-        if self._it is None:
-            set_epoch(self.loader, self.epoch, start=self.taken)
-            self._it = iter(self.loader)
-        try:
-            batch = next(self._it)
-        except StopIteration:
-            self.epoch, self.taken, self._it = self.epoch + 1, 0, None
-            return self.next()
-        self.taken += 1
-        return batch
-
-    def state_dict(self):
-        return {"epoch": self.epoch, "taken": self.taken}
-
-    def load_state_dict(self, state):
-        self.epoch, self.taken, self._it = state["epoch"], state["taken"], None
+def report_data(run, train_set, val_set):
+    """Before the first epoch: every validation file must open (a broken one would surface
+    only after an epoch of training), and labels not the size of their image are named."""
+    if not run.is_main:
+        return
+    val_set.verify_readable()
+    mismatched = train_set.size_mismatches()
+    if mismatched:
+        print(f"note: {len(mismatched)} label(s) of {train_set.root} differ in size from their "
+              f"image; both are resized to the working size independently: "
+              + ", ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else ""),
+              flush=True)
 
 
 class Run:
@@ -130,18 +106,22 @@ class Run:
         self.args, self.script = args, script
         self.rank, self.world_size, self.local_rank = self._init_distributed(args)
         self.is_main = self.rank == 0
-        self.device = self._pick_device(args.device)
-        # AMP: bf16 where the GPU has it (no scaler needed), else fp16 with a grad scaler;
-        # on CPU full precision, as the speed-up there is small and numerics differ.
+        self.device = select_device(args.device, self.local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+            torch.backends.cudnn.benchmark = True  # fixed working sizes: pick fast kernels
+        # AMP: bf16 where the GPU has it (no loss scaling needed), else fp16 with a grad
+        # scaler; on CPU full precision. A disabled scaler passes everything through.
         self.amp_dtype = None
         if args.amp and self.device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.scaler = torch.amp.GradScaler(self.device.type,
+                                           enabled=self.amp_dtype == torch.float16)
         self.out = Path(args.out)
-        self.log_path = self.out / "metrics.jsonl"
+        self.log = RunLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        self._lock = None
         seed_everything(args.seed + self.rank)
 
-    # -- setup ---------------------------------------------------------------------------
     @staticmethod
     def _init_distributed(args):
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -151,126 +131,115 @@ class Run:
         dist.init_process_group(backend)
         return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
-    def _pick_device(self, name):
-        device = select_device(name, self.local_rank)
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-            torch.backends.cudnn.benchmark = True  # fixed working sizes: pick fast kernels
-        return device
+    # -- the run folder ------------------------------------------------------------------
+    def open_folder(self):
+        """Lock --out for this run, check it holds no other run, and start (or continue) the
+        log. Rank 0 only; the other ranks wait."""
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self._lock = lock_folder(self.out)
+            remove_orphaned_temp_files(self.out)
+            if not self.args.resume and (self.out / "last.pth").exists():
+                raise RunFolderError(
+                    f"{self.out} already holds a run (last.pth); continue it with --resume "
+                    f"{self.out / 'last.pth'} or choose another --out")
+            check_free_space(self.out)
+            if self.args.resume:
+                self.log.write({"event": "resume", "from": str(self.args.resume)})
+            else:
+                self.log.start({"event": "start", "script": self.script,
+                                "args": vars(self.args), "seed": self.args.seed,
+                                "git_commit": git_commit(), "torch": torch.__version__,
+                                "device": self.device_name(), "world_size": self.world_size,
+                                "amp": str(self.amp_dtype),
+                                "python": platform.python_version()})
+        self.barrier()
 
-    def start_log(self, resumed_from=None):
-        """Open metrics.jsonl with the run's description (or note the resume in it)."""
-        if not self.is_main:
-            return
-        if resumed_from is None and (self.out / "last.pth").exists():
-            raise SystemExit(f"{self.out} already holds a run (last.pth); continue it with "
-                             f"--resume {self.out / 'last.pth'} or choose another --out")
-        self.out.mkdir(parents=True, exist_ok=True)
-        if resumed_from is not None:
-            self.log({"event": "resume", "from": str(resumed_from)})
-            return
-        self.log_path.unlink(missing_ok=True)
-        self.log({"event": "start", "script": self.script, "args": vars(self.args),
-                  "seed": self.args.seed, "git_commit": git_commit(),
-                  "torch": torch.__version__, "device": self.device_name(),
-                  "world_size": self.world_size, "amp": str(self.amp_dtype),
-                  "python": platform.python_version()})
+    def restore_log(self, record):
+        """After a kill between a checkpoint and its log line: write the line it holds."""
+        if self.is_main and record is not None:
+            self.log.ensure_epoch(record)
 
     def device_name(self):
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
         return f"cpu ({os.cpu_count()} cores)"
 
-    def loader(self, dataset, batch_size, train, workers, stream=0):
-        """DataLoader over an EpochSampler; training drops the last incomplete batch.
+    # -- data and models -----------------------------------------------------------------
+    def train_loader(self, dataset, stream):
+        """Shuffled training batches of --batch-size (per process) from this rank's shard."""
+        return make_loader(dataset, self.args.batch_size, self.args.seed, stream, train=True,
+                           workers=self.args.workers, rank=self.rank,
+                           world_size=self.world_size, pin_memory=self.device.type == "cuda")
 
-        `stream` tells apart loaders of one run (source 0, target 1), so that two sets of
-        equal length are not shuffled in the same order: each source image then meets a
-        different target image every pass.
-        """
-        sampler = EpochSampler(len(dataset), shuffle=train, seed=self.args.seed * 101 + stream,
-                               rank=self.rank, world_size=self.world_size, pad=train)
-        if train and len(sampler) < batch_size:
-            raise SystemExit(f"--batch-size {batch_size} is larger than the {len(sampler)} "
-                             f"training images available to each process")
-        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", drop_last=train,
-                          persistent_workers=False,
-                          generator=torch.Generator().manual_seed(self.args.seed))
+    def val_loader(self, dataset, batch_size=1):
+        """This rank's shard of the validation set, in order, no sample twice."""
+        return make_loader(dataset, batch_size, self.args.seed, EVAL_STREAM, train=False,
+                           workers=self.args.workers, rank=self.rank,
+                           world_size=self.world_size, pin_memory=self.device.type == "cuda")
 
-    def prepare(self, module, ddp=True):
-        """Move to the device (channels_last if asked) and wrap in DDP when distributed."""
+    def place(self, module, ddp=True):
+        """Move to the device (channels_last if asked); wrap in DDP when distributed."""
         module = module.to(self.device)
         if self.args.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if ddp and self.world_size > 1:
+            if getattr(self.args, "sync_bn", False):
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
         return module
 
-    @staticmethod
-    def unwrap(module):
-        return module.module if hasattr(module, "module") else module
-
-    # -- per iteration -------------------------------------------------------------------
-    def to_device(self, tensor):
-        tensor = tensor.to(self.device, non_blocking=True)
-        if self.args.channels_last and tensor.dim() == 4:
-            tensor = tensor.contiguous(memory_format=torch.channels_last)
-        return tensor
-
-    def batch(self, batch):
+    def batch_to_device(self, batch):
         """A loader's batch on the device: uint8 images, labels (if any) as int64 class ids."""
         batch = dict(batch)
-        batch["image"] = self.to_device(batch["image"])
+        batch["image"] = batch["image"].to(self.device, non_blocking=True)
+        if self.args.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
         if "label" in batch:
             batch["label"] = batch["label"].to(self.device, non_blocking=True).long()
         return batch
+
+    def progress(self, iters, epoch):
+        """A progress bar over the iterations of one epoch (rank 0)."""
+        return tqdm(range(iters), desc=f"epoch {epoch + 1}/{self.args.epochs}",
+                    disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False)
 
     def autocast(self):
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def check_finite(self, loss, iteration, what="loss"):
-        if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(
-                f"{what} is {loss.item()} at iteration {iteration}; stopping without saving. "
-                f"The last good checkpoint is {self.out / 'last.pth'} (try a lower --lr).")
+    # -- epoch end -----------------------------------------------------------------------
+    def sync_buffers(self, module):
+        """Give every rank rank 0's BatchNorm statistics before validating.
 
-    def backward(self, loss):
-        (self.scaler.scale(loss) if self.scaler else loss).backward()
-
-    def step(self, *optimizers):
-        """Optimiser steps (through the grad scaler under fp16), then clear the gradients."""
-        for opt in optimizers:
-            if self.scaler:
-                self.scaler.step(opt)
-            else:
-                opt.step()
-        if self.scaler:
-            self.scaler.update()
-        for opt in optimizers:
-            opt.zero_grad(set_to_none=True)
-
-    def progress(self, iterable, desc, total=None):
-        return tqdm(iterable, desc=desc, total=total, disable=not self.is_main,
-                    dynamic_ncols=True, mininterval=1.0, leave=False)
-
-    # -- per epoch -----------------------------------------------------------------------
-    def log(self, record):
-        """Append one JSON line to metrics.jsonl (rank 0 only)."""
-        if self.is_main:
-            with open(self.log_path, "a") as f:
-                f.write(json.dumps(record, default=_jsonable) + "\n")
+        DDP broadcasts buffers from rank 0 at the start of each training forward, and each
+        rank then updates its copy with its own batch: after the last step the ranks hold
+        different running statistics, and rank 0's are the ones saved. Validation must score
+        the saved network on every rank.
+        """
+        if self.world_size > 1:
+            for buffer in unwrap(module).buffers():
+                dist.broadcast(buffer, src=0)
 
     def save(self, state, is_best):
-        """last.pth every epoch, best.pth on a new best validation mIoU; atomic, rank 0."""
+        """best.pth (on a new best) first, then last.pth; atomic; rank 0.
+
+        In this order a kill leaves either both written, or last.pth one epoch behind
+        (the resumed run repeats that epoch and writes best.pth again), never a stale best.
+        """
         if self.is_main:
-            save_checkpoint(state, self.out / "last.pth")
             if is_best:
                 save_checkpoint(state, self.out / "best.pth")
+            save_checkpoint(state, self.out / "last.pth")
         self.barrier()
+
+    def log_epoch(self, record):
+        """Append the epoch's line to metrics.jsonl (after its checkpoint) and print it."""
+        if self.is_main:
+            self.log.write(record)
+            print_epoch(record)
 
     def barrier(self):
         if self.world_size > 1:
@@ -287,17 +256,38 @@ class Run:
     def close(self):
         if self.world_size > 1:
             dist.destroy_process_group()
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
 
-def _jsonable(value):
-    return str(value) if isinstance(value, Path) else repr(value)
+def lock_folder(folder):
+    """An exclusive lock on folder/.lock for this process's lifetime (freed by the OS when the
+    process dies, even by kill -9). A second run on the same folder is refused."""
+    handle = open(Path(folder) / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderError(f"{folder} is in use by another run ({owner}); wait for it to "
+                             f"finish or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
-class Timer:
-    """Wall-clock seconds since creation, for the per-epoch log line."""
+MIN_FREE_BYTES = 1 << 30
 
-    def __init__(self):
-        self.t0 = time.perf_counter()
 
-    def seconds(self):
-        return round(time.perf_counter() - self.t0, 2)
+def check_free_space(folder, need=None):
+    """Refuse to start with under 1 GiB free where checkpoints go (found at the first save,
+    a full disk would cost a whole epoch)."""
+    need = MIN_FREE_BYTES if need is None else need
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise RunFolderError(f"only {free / 2**20:.0f} MiB free in {folder}: checkpoints need "
+                             f"about 1 GiB; free some space or choose another --out")

@@ -7,20 +7,25 @@ Each augmentation fires independently with probability p. Photometric ones (jitt
 first and touch the image only; geometric ones (flip, scale) run last on both, so the padding
 added by `scale` stays exactly 0 in the image and 255 (ignore) in the label.
 
-All randomness comes from torch's global generator (never `random` or numpy): the DataLoader
-seeds it per worker and a checkpoint can save it, which makes augmented runs reproducible.
-Normalisation is not an augmentation: it happens on the device (`normalize`, re-exported here).
+All randomness comes from torch's global generator (never `random` or numpy), which the
+dataset reseeds per sample (`core.sampling.sample_seed`), so a draw depends only on the seed,
+the epoch and the sample, whatever the number of workers or a resume.
+
+The pixel operations that run on the device after batching live here too: `normalize`
+(ImageNet statistics, what every backbone here expects) and `resize_images`.
 """
 import math
 
 import torch
+import torch.nn.functional as NF
 from torchvision.transforms.v2 import functional as F
 
-from core.datasets import IMAGENET_MEAN, IMAGENET_STD, denormalize, normalize
+from core.errors import ConfigError
 from core.labels import IGNORE_INDEX
 
-__all__ = ["AUGMENTATIONS", "JointAugment", "build_transforms",
-           "IMAGENET_MEAN", "IMAGENET_STD", "normalize", "denormalize"]
+# ImageNet statistics on the 0-1 scale (what torchvision's pretrained backbones expect).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 AUGMENTATIONS = ("jitter", "blur", "flip", "scale")  # in the order they are applied
 
@@ -31,24 +36,24 @@ BLUR_SIGMA = (0.1, 2.0)  # pixels
 SCALE = (0.75, 1.5)
 
 
-def _uniform(lo, hi):
-    return lo + (hi - lo) * torch.rand(()).item()
+def _uniform(g, lo, hi):
+    return lo + (hi - lo) * torch.rand((), generator=g).item()
 
 
-def _randint(n):
+def _randint(g, n):
     """Uniform integer in [0, n]."""
-    return int(torch.randint(n + 1, ())) if n > 0 else 0
+    return int(torch.randint(n + 1, (), generator=g)) if n > 0 else 0
 
 
-def _jitter(image):
-    image = F.adjust_brightness(image, _uniform(*BRIGHTNESS))
-    image = F.adjust_contrast(image, _uniform(*CONTRAST))
-    image = F.adjust_saturation(image, _uniform(*SATURATION))
-    return F.adjust_hue(image, _uniform(*HUE))
+def _jitter(image, g):
+    image = F.adjust_brightness(image, _uniform(g, *BRIGHTNESS))
+    image = F.adjust_contrast(image, _uniform(g, *CONTRAST))
+    image = F.adjust_saturation(image, _uniform(g, *SATURATION))
+    return F.adjust_hue(image, _uniform(g, *HUE))
 
 
-def _blur(image):
-    sigma = _uniform(*BLUR_SIGMA)
+def _blur(image, g):
+    sigma = _uniform(g, *BLUR_SIGMA)
     k = 2 * math.ceil(3 * sigma) + 1  # covers +-3 sigma
     # Reflect padding needs k // 2 < the image side: only bites on tiny images.
     k = min(k, 2 * min(image.shape[-2:]) - 1)
@@ -63,31 +68,31 @@ def _crop_or_pad(x, height, width, offsets, fill):
     return out
 
 
-def _random_window(image, label, height, width):
+def _random_window(image, label, height, width, g):
     """A random height x width window: cropped where the image is larger, padded (image 0,
     label 255) where it is smaller."""
     offsets = []
     for n_src, n_dst in zip(image.shape[-2:], (height, width), strict=True):
         if n_src >= n_dst:
-            offsets.append((_randint(n_src - n_dst), 0, n_dst))
+            offsets.append((_randint(g, n_src - n_dst), 0, n_dst))
         else:
-            offsets.append((0, _randint(n_dst - n_src), n_src))
+            offsets.append((0, _randint(g, n_dst - n_src), n_src))
     image = _crop_or_pad(image, height, width, offsets, 0)
     if label is not None:
         label = _crop_or_pad(label, height, width, offsets, IGNORE_INDEX)
     return image, label
 
 
-def _scale(image, label):
+def _scale(image, label, g):
     height, width = image.shape[-2:]
-    s = _uniform(*SCALE)
+    s = _uniform(g, *SCALE)
     new = [max(1, round(height * s)), max(1, round(width * s))]
     image = F.resize(image, new, interpolation=F.InterpolationMode.BILINEAR, antialias=True)
     if label is not None:
         # NEAREST_EXACT samples at pixel centres like bilinear does; torch's plain NEAREST is
         # shifted by up to a pixel, which would misalign label and image.
         label = F.resize(label[None], new, interpolation=F.InterpolationMode.NEAREST_EXACT)[0]
-    return _random_window(image, label, height, width)  # back to the working size
+    return _random_window(image, label, height, width, g)  # back to the working size
 
 
 class JointAugment:
@@ -99,21 +104,21 @@ class JointAugment:
         self.names = tuple(n for n in AUGMENTATIONS if n in names)
         self.p, self.crop = p, crop
 
-    def _fires(self):
-        return torch.rand(()).item() < self.p
-
-    def __call__(self, image, label=None):
-        if "jitter" in self.names and self._fires():
-            image = _jitter(image)
-        if "blur" in self.names and self._fires():
-            image = _blur(image)
-        if "flip" in self.names and self._fires():
+    def __call__(self, image, label=None, generator=None):
+        """`generator`: the torch.Generator to draw from (default: torch's global one)."""
+        g = generator
+        fires = {n: torch.rand((), generator=g).item() < self.p for n in self.names}
+        if fires.get("jitter"):
+            image = _jitter(image, g)
+        if fires.get("blur"):
+            image = _blur(image, g)
+        if fires.get("flip"):
             image = image.flip(-1)
             label = None if label is None else label.flip(-1)
-        if "scale" in self.names and self._fires():
-            image, label = _scale(image, label)
+        if fires.get("scale"):
+            image, label = _scale(image, label, g)
         if self.crop is not None:
-            image, label = _random_window(image, label, *self.crop)
+            image, label = _random_window(image, label, *self.crop, g)
         return image, label
 
     def __repr__(self):
@@ -130,10 +135,42 @@ def build_transforms(spec, p=0.5, crop=None):
         return None
     unknown = [n for n in names if n not in AUGMENTATIONS]
     if unknown:
-        raise ValueError(f"unknown augmentation(s) {unknown} in {spec!r}: valid names are "
+        raise ConfigError(f"--aug: unknown augmentation(s) {unknown} in {spec!r}: valid names are "
                          f"{', '.join(AUGMENTATIONS)} (comma-separated), or 'none'")
     if not 0.0 <= p <= 1.0:
-        raise ValueError(f"augmentation probability must be in [0, 1], got {p}")
+        raise ConfigError(f"--aug-p: augmentation probability must be in [0, 1], got {p}")
     if crop is not None and (len(crop) != 2 or min(crop) < 1):
-        raise ValueError(f"crop size must be two positive integers (H W), got {crop}")
+        raise ConfigError(f"--crop: crop size must be two positive integers (H W), got {crop}")
     return JointAugment(names, p, tuple(crop) if crop is not None else None)
+
+
+# --------------------------------------------------------------------------- on the device
+
+def _stats(x):
+    if x.ndim not in (3, 4) or x.shape[-3] != 3:
+        raise ValueError(f"expected a 3 x H x W or B x 3 x H x W RGB tensor, got shape "
+                         f"{tuple(x.shape)}")
+    # Built on the input's device so that normalising a CUDA batch never touches the host.
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=x.device).view(3, 1, 1) * 255
+    return mean, std
+
+
+def normalize(images):
+    """0-255 RGB (uint8 or float, 3xHxW or Bx3xHxW, any device) -> float32 ImageNet-normalised."""
+    mean, std = _stats(images)
+    return (images.to(torch.float32) - mean) / std
+
+
+def denormalize(images):
+    """Inverse of `normalize`: float32 0-255 RGB (not clipped, not rounded)."""
+    mean, std = _stats(images)
+    return images.to(torch.float32) * std + mean
+
+
+def resize_images(images, size):
+    """Resize a batch of 0-255 images to (H, W), bilinear with antialiasing when shrinking."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images.float()
+    return NF.interpolate(images.float(), size=size, mode="bilinear", align_corners=False,
+                          antialias=True)

@@ -1,16 +1,24 @@
 """The synthetic demo pair: deterministic, valid ids, a style gap without a label-colour gap,
 readable by the real loaders, regenerated only when needed, and fast."""
 import json
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from core import demo
+from core.demo import cli as demo_cli
+from core.demo import write as demo_write
 from core.labels import NUM_CLASSES, TRAIN_LABEL_IDS, ids_to_trainids
 
 SMALL = {"n_source": 6, "n_target_train": 4, "n_target_val": 3}
+TINY = {"n_source": 2, "n_target_train": 1, "n_target_val": 1}
+REPO = Path(__file__).resolve().parents[1]
 VALID_IDS = set(range(34))
 
 
@@ -183,7 +191,7 @@ def test_ensure_demo_reuses_and_regenerates(tmp_path, monkeypatch):
         data.update(n_source=200, n_target_train=160, n_target_val=60)
         marker.write_text(json.dumps(data))
 
-    monkeypatch.setattr(demo, "generate_demo", small_generate)
+    monkeypatch.setattr(demo_write, "generate_demo", small_generate)
     root = tmp_path / "demo"
     paths = demo.ensure_demo(root, seed=0)
     assert calls == [0] and paths.source_train_list.is_file() and paths.target.is_dir()
@@ -209,7 +217,7 @@ def test_interrupted_generation_leaves_previous_tree(tmp_path, monkeypatch):
     def boom(task):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo, "write_frame", boom)
+    monkeypatch.setattr(demo_write, "write_frame", boom)
     with pytest.raises(KeyboardInterrupt):
         demo.generate_demo(root, seed=1, n_source=2, n_target_train=1, n_target_val=1)
     assert tree_bytes(root) == before
@@ -225,15 +233,9 @@ def test_generation_is_fast(tmp_path):
     assert per_frame < 0.5, per_frame
 
 
-def test_demo_root_and_settings():
+def test_demo_root():
     assert demo.DEMO_ROOT.is_absolute() and demo.DEMO_ROOT.parts[-2:] == ("data", "demo")
-    assert (demo.DEMO_ROOT.parent.parent / "core" / "demo.py").is_file()
-    s = demo.demo_settings()
-    # working sizes keep each domain's aspect ratio; nothing is downloaded
-    (sh, sw), (th, tw) = s["source_size"], s["target_size"]
-    assert sh / sw == demo.SOURCE_SIZE[0] / demo.SOURCE_SIZE[1]
-    assert th / tw == demo.TARGET_SIZE[0] / demo.TARGET_SIZE[1] and s["val_size"] == (th, tw)
-    assert s["pretrained"] == "none" and s["batch_size"] >= 2  # BiSeNet's ARM BN needs 2
+    assert (demo.DEMO_ROOT.parent.parent / "core" / "demo" / "__init__.py").is_file()
 
 
 def test_cli_prints_frequency_table(tmp_path, capsys):
@@ -245,3 +247,118 @@ def test_cli_prints_frequency_table(tmp_path, capsys):
     demo.main(["--root", str(root)])
     out = capsys.readouterr().out
     assert "gta5 train" in out and "cityscapes val" in out and "road" in out and "%" in out
+
+
+def _user_folder(tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes\n")
+    return folder
+
+
+def _run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "core.demo", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_refuses_folder_with_other_files(tmp_path):
+    folder = _user_folder(tmp_path)
+    for call in (lambda: demo.generate_demo(folder, seed=0, **TINY),
+                 lambda: demo.ensure_demo(folder)):
+        with pytest.raises(FileExistsError, match="notes.txt") as info:
+            call()
+        assert str(folder) in str(info.value) and "did not write" in str(info.value)
+    # A tree that looks like the demo's but has no marker is not known to be the demo's.
+    (folder / "gta5").mkdir()
+    with pytest.raises(FileExistsError, match="gta5, notes.txt"):
+        demo.generate_demo(folder, seed=0, **TINY)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]       # no leftovers
+    assert sorted(p.name for p in folder.iterdir()) == ["gta5", "notes.txt"]
+    assert (folder / "notes.txt").read_text() == "my notes\n"
+
+
+def test_cli_refuses_folder_with_other_files(tmp_path):
+    folder = _user_folder(tmp_path)
+    for extra in ((), ("--force",)):
+        result = _run_cli("--root", folder, *extra)
+        assert result.returncode != 0
+        assert str(folder) in result.stderr and "notes.txt" in result.stderr, result.stderr
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    assert (folder / "notes.txt").read_text() == "my notes\n"
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+
+
+def test_refuses_demo_tree_with_a_user_file_and_a_plain_file(tmp_path):
+    root = tmp_path / "demo"
+    demo.generate_demo(root, seed=0, **TINY)
+    (root / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        demo.generate_demo(root, seed=1, **TINY)
+    assert (root / "notes.txt").read_text() == "mine"
+    assert json.loads((root / "demo.json").read_text())["seed"] == 0
+    plain = tmp_path / "file"
+    plain.write_text("mine")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        demo.generate_demo(plain, seed=0, **TINY)
+    assert plain.read_text() == "mine"
+
+
+def test_replaces_existing_demo_tree(tmp_path, monkeypatch, capsys):
+    root = tmp_path / "demo"
+    demo.generate_demo(root, seed=0, **TINY)
+    first = tree_bytes(root)
+    demo.generate_demo(root, seed=1, **TINY)
+    second = tree_bytes(root)
+    assert json.loads(second["demo.json"])["seed"] == 1 and second.keys() == first.keys()
+    assert all(second[n] != first[n] for n in first if n.endswith(".png"))
+    # --force replaces it too (at a tiny size here; the CLI's default is the full pair).
+    real = demo.generate_demo
+    monkeypatch.setattr(demo_cli, "generate_demo",
+                        lambda root, seed: real(root, seed=seed, **TINY))
+    demo.main(["--root", str(root), "--seed", "0", "--force"])
+    assert tree_bytes(root) == first and "gta5 train" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo"]      # no leftovers
+
+
+def test_accepts_empty_folder(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    demo.generate_demo(root, seed=0, **TINY)
+    assert json.loads((root / "demo.json").read_text())["seed"] == 0
+    assert sorted(p.name for p in root.iterdir()) == ["cityscapes", "demo.json", "gta5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def _finish_first(monkeypatch, other):
+    """Make `root` appear (a copy of `other`) just before our final rename, as if another
+    process generating the same root had finished first."""
+    real_rename = Path.rename
+
+    def rename(self, target):
+        if ".tmp-" in self.name and not Path(target).exists():
+            shutil.copytree(other, target)
+        return real_rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", rename)
+
+
+def test_concurrent_run_keeps_the_tree_that_finished_first(tmp_path, monkeypatch):
+    same = tmp_path / "same"
+    demo.generate_demo(same, seed=0, **TINY)
+    root = tmp_path / "demo"
+    _finish_first(monkeypatch, same)
+    demo.generate_demo(root, seed=0, **TINY)          # does not fail, keeps the other's tree
+    assert tree_bytes(root) == tree_bytes(same)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "same"]
+
+
+def test_concurrent_run_with_other_settings_is_refused(tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    demo.generate_demo(other, seed=1, **TINY)
+    root = tmp_path / "demo"
+    _finish_first(monkeypatch, other)
+    with pytest.raises(FileExistsError, match="another process"):
+        demo.generate_demo(root, seed=0, **TINY)
+    assert tree_bytes(root) == tree_bytes(other)      # the other run's tree is left alone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo", "other"]

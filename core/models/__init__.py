@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from torch import nn
 
+from core.errors import ConfigError, PretrainedWeightsError
 from core.labels import NUM_CLASSES
 from core.models.bisenet import BiSeNet
 from core.models.deeplabv2 import DeepLabV2
 from core.models.discriminator import DISCRIMINATORS, build_discriminator
-from core.models.pretrained import PretrainedWeightsError, load_backbone_weights
+from core.models.pretrained import load_backbone_weights
 
 MODEL_NAMES = ("bisenet", "deeplabv2")
 BACKBONES = {"bisenet": ("resnet18", "resnet101"), "deeplabv2": ("resnet101",)}  # first: default
@@ -32,10 +33,11 @@ def build_model(name: str, num_classes: int = NUM_CLASSES, backbone: str | None 
     """`name` in MODEL_NAMES, `backbone` in BACKBONES[name] (None: the first), `pretrained`
     'none' | 'imagenet' | path to a .pth (see core/models/pretrained.py)."""
     if name not in MODEL_NAMES:
-        raise ValueError(f"--model {name} is not available; choose one of {', '.join(MODEL_NAMES)}")
+        raise ConfigError(f"--model {name} is not available; choose one of "
+                          f"{', '.join(MODEL_NAMES)}")
     backbone = backbone or BACKBONES[name][0]
     if backbone not in BACKBONES[name]:
-        raise ValueError(f"--backbone {backbone} is not available for --model {name}; "
+        raise ConfigError(f"--backbone {backbone} is not available for --model {name}; "
                          f"choose {' or '.join(BACKBONES[name])}")
     model = _MODELS[name](num_classes, backbone)
     load_backbone_weights(model.backbone, backbone, pretrained)

@@ -17,15 +17,13 @@ import torch
 from torch import nn
 from torchvision.models import ResNet18_Weights, ResNet101_Weights
 
+from core.errors import PretrainedWeightsError
+
 IMAGENET_WEIGHTS = {
     "resnet18": ResNet18_Weights.IMAGENET1K_V1,
     "resnet101": ResNet101_Weights.IMAGENET1K_V1,
 }
 SKIPPED_PREFIXES = ("layer5.", "fc.")  # DeepLab ASPP classifier, ImageNet classifier
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Backbone weights missing from the cache, unreadable, or not fitting the backbone."""
 
 
 def imagenet_weights_file(backbone: str) -> Path:
