@@ -12,11 +12,13 @@ $(VENV)/installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# The demo scores last.pth: best.pth is picked on target val labels (an oracle choice in UDA).
+# An earlier demo run is continued (a finished one is just evaluated), never deleted.
 demo: $(VENV)/installed
-	rm -rf $(DEMO)/source
-	$(PY) train_source.py --demo --out $(DEMO)/source
-	$(PY) evaluate.py $(DEMO)/source/best.pth --markdown
-	$(PY) evaluate.py $(DEMO)/source/best.pth --dataset gta5 --data-root data/demo/gta5 \
+	if [ -f $(DEMO)/source/last.pth ]; then $(PY) train_source.py --resume $(DEMO)/source/last.pth; \
+	else $(PY) train_source.py --demo --out $(DEMO)/source; fi
+	$(PY) evaluate.py $(DEMO)/source/last.pth --markdown
+	$(PY) evaluate.py $(DEMO)/source/last.pth --dataset gta5 --data-root data/demo/gta5 \
 		--split val --size 144 256
 
 test: $(VENV)/installed

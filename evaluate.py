@@ -6,13 +6,16 @@ needed; the data root defaults to the validation root stored there too.
     python evaluate.py runs/gta/best.pth
     python evaluate.py runs/city/best.pth runs/gta/best.pth runs/gta_aug/best.pth --markdown
     python evaluate.py runs/fda_b*/best.pth --ensemble        # multi-band ensemble (MBT)
+    python evaluate.py runs/mpl/last.pth --net teacher        # train_mpl.py's teacher
     python evaluate.py runs/gta/best.pth --json gta.json --save-vis vis/gta
+    python evaluate.py runs/adv_s*/best.pth --markdown --group-by-seed  # mean ± std over seeds
 
 Protocol: images are fed at the working size stored in the checkpoint (--size overrides it)
 and the logits are upsampled to the full label size; both sizes are printed with each result.
 """
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +25,7 @@ from torch.utils.data import DataLoader
 from core import cli
 from core.datasets import GTA5, Cityscapes
 from core.errors import ConfigError, DataError
-from core.evaluation import evaluate, load_model, predict_probs
+from core.evaluation import evaluate, inference_autocast, load_model, predict_probs
 from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
 from core.metrics import format_table
 from core.runtime import select_device
@@ -30,7 +33,9 @@ from core.runtime import select_device
 
 def main(args):
     device = select_device(args.device)
-    loaded = [load_model(path, device, args.size) for path in args.checkpoints]
+    autocast = inference_autocast(device, args.amp)     # --amp: CUDA only
+    net = "teacher" if args.net == "teacher" else "model"   # a train_mpl.py run holds both
+    loaded = [load_model(path, device, args.size, net) for path in args.checkpoints]
     data_root = args.data_root or loaded[0][2].get("val_root")
     if data_root is None:
         raise ConfigError("no --data-root given and none stored in the checkpoint")
@@ -47,11 +52,13 @@ def main(args):
     # One model per row, or one row for the softmax average of all of them.
     groups = [loaded] if args.ensemble else [[one] for one in loaded]
     names = ["ensemble of " + ", ".join(args.checkpoints)] if args.ensemble else args.checkpoints
+    names = [f"{name} (teacher)" for name in names] if net == "teacher" else names
 
     rows = []
     for name, group in zip(names, groups, strict=True):
         models, sizes = [m for m, _, _ in group], [s for _, s, _ in group]
-        result = evaluate(models, sizes, loader, device, NUM_CLASSES).compute()
+        result = evaluate(models, sizes, loader, device, NUM_CLASSES,
+                          autocast=autocast).compute()
         if math.isnan(result["miou"]):
             raise DataError(f"{args.split} of {data_root} has no labelled pixel (every label "
                             f"is ignore or an unknown id): nothing to score")
@@ -63,20 +70,25 @@ def main(args):
               f"{sizes_text} (HxW), logits upsampled to labels {result['label_size']}")
         print(format_table(result))
         if args.save_vis:
-            save_panels(models, sizes, val_set, device, Path(args.save_vis), args.vis_count)
-    if args.markdown:
+            save_panels(models, sizes, val_set, device, Path(args.save_vis), args.vis_count,
+                        autocast)
+    if args.group_by_seed:   # runs that differ only in --seed: one row, mean ± std and n
+        rows = seed_groups(rows, [group[0][2] for group in groups])
+        print_seed_groups(rows, args.markdown)
+    elif args.markdown:
         print_markdown(rows)
     if args.json:
         write_json(rows, args.json)
 
 
-def save_panels(models, sizes, dataset, device, out_dir, count):
+def save_panels(models, sizes, dataset, device, out_dir, count, autocast):
     """image | ground truth | prediction, in the Cityscapes colours, one PNG per image."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for i in range(min(count, len(dataset))):
         item = dataset[i]
         image = item["image"].unsqueeze(0).to(device)
-        probs = predict_probs(models, sizes, image, tuple(item["label"].shape))
+        with autocast():
+            probs = predict_probs(models, sizes, image, tuple(item["label"].shape))
         pred = probs.argmax(1)[0].cpu().numpy()
         panel = np.concatenate([item["image"].permute(1, 2, 0).numpy(),
                                 colorize(item["label"].numpy()), colorize(pred)], axis=1)
@@ -99,12 +111,81 @@ def print_markdown(rows):
         print(f"| {r['checkpoint']} | " + " | ".join(percent(v) for v in r["iou"]) + " |")
 
 
+# Stored arguments that do not change what a run computes, besides its seed: --group-by-seed
+# folds checkpoints (of the same file name: best.pth, last.pth) that differ only in these.
+NOT_RUN_DEFINING = {"seed", *cli.SESSION_FLAGS}
+GROUP_KEYS = ("checkpoints", "seeds", "n", "miou_std", "pixel_acc_std", "iou_std")
+
+
+def seed_groups(rows, stored_args):
+    """One row per group of runs that differ only in --seed: the mean and sample standard
+    deviation (ddof 1, NaN for n = 1) of mIoU, pixel accuracy and each class's IoU (over the
+    runs where that class is scored), as papers report several seeds."""
+    members = {}
+    for row, stored in zip(rows, stored_args, strict=True):
+        defining = {k: v for k, v in stored.items() if k not in NOT_RUN_DEFINING}
+        key = (Path(row["checkpoint"]).name, json.dumps(defining, sort_keys=True, default=str))
+        members.setdefault(key, []).append((row, stored.get("seed")))
+    groups = []
+    for group in members.values():
+        runs = [row for row, _ in group]
+        names = [row["checkpoint"] for row in runs]
+        per_class = np.array([row["iou"] for row in runs])     # runs x classes
+        iou = [mean_std(per_class[:, c]) for c in range(NUM_CLASSES)]
+        (miou, miou_std), (acc, acc_std) = (mean_std([row[k] for row in runs])
+                                            for k in ("miou", "pixel_acc"))
+        groups.append({**runs[0], "checkpoint": brace_names(names), "checkpoints": names,
+                       "seeds": [seed for _, seed in group], "n": len(runs),
+                       "miou": miou, "miou_std": miou_std, "pixel_acc": acc,
+                       "pixel_acc_std": acc_std, "iou": [m for m, _ in iou],
+                       "iou_std": dict(zip(CLASS_NAMES, [s for _, s in iou], strict=True))})
+    return groups
+
+
+def mean_std(values):
+    """(mean, sample standard deviation) of the values that are not NaN; NaN where undefined."""
+    v = np.array([x for x in values if not math.isnan(x)], dtype=np.float64)
+    return (float(v.mean()) if v.size else math.nan,
+            float(v.std(ddof=1)) if v.size > 1 else math.nan)
+
+
+def brace_names(names):
+    """runs/adv_s1/best.pth, runs/adv_s2/best.pth -> runs/adv_s{1,2}/best.pth (shell style)."""
+    if len(names) == 1:
+        return names[0]
+    head = os.path.commonprefix(names)
+    tail = os.path.commonprefix([n[len(head):][::-1] for n in names])[::-1]
+    return head + "{" + ",".join(n[len(head):len(n) - len(tail)] for n in names) + "}" + tail
+
+
+def print_seed_groups(groups, markdown):
+    def pm(mean, std):
+        return percent(mean) + ("" if math.isnan(std) else f" ± {100 * std:.2f}")
+    if not markdown:
+        for g in groups:
+            print(f"\n{g['checkpoint']}: mIoU {pm(g['miou'], g['miou_std'])}, pixel acc "
+                  f"{pm(g['pixel_acc'], g['pixel_acc_std'])} (%, mean ± sample std over "
+                  f"n = {g['n']}, seeds {', '.join(map(str, g['seeds']))})")
+        return
+    print("\n| runs | seeds | n | input (HxW) | pixel acc (%) | mIoU (%) |\n"
+          "|---|---|---:|---|---:|---:|")
+    for g in groups:
+        print(f"| {g['checkpoint']} | {', '.join(map(str, g['seeds']))} | {g['n']} | "
+              f"{g['input_size']} | {pm(g['pixel_acc'], g['pixel_acc_std'])} | "
+              f"{pm(g['miou'], g['miou_std'])} |")
+    print("\nmean IoU per class (%):\n\n| runs | " + " | ".join(CLASS_NAMES) + " |")
+    print("|---" * (NUM_CLASSES + 1) + "|")
+    for g in groups:
+        print(f"| {g['checkpoint']} | " + " | ".join(percent(v) for v in g["iou"]) + " |")
+
+
 def write_json(rows, path):
     """{"miou", "pixel_acc", "iou": {class: value}} as fractions (a list for several rows)."""
     objs = [{"checkpoint": r["checkpoint"], "miou": r["miou"], "pixel_acc": r["pixel_acc"],
              "iou": dict(zip(CLASS_NAMES, r["iou"], strict=True)),
              "input_size": r["input_size"], "label_size": r["label_size"],
-             "images": r["images"]} for r in rows]
+             "images": r["images"], **{k: r[k] for k in GROUP_KEYS if k in r}}
+            for r in rows]
     Path(path).write_text(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
 
 
@@ -117,16 +198,27 @@ def parse_args(argv=None):
                    help="Cityscapes split folder, or a GTA5 list file (its name in the root)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
                    help="input size, overriding the working size stored in the checkpoint")
+    p.add_argument("--net", choices=("student", "teacher"), default="student",
+                   help="a train_mpl.py checkpoint holds two networks: score the student "
+                        "(default) or the teacher")
     p.add_argument("--ensemble", action="store_true",
                    help="average the softmax of all checkpoints (multi-band ensemble)")
     p.add_argument("--markdown", action="store_true", help="print the results table")
+    p.add_argument("--group-by-seed", action="store_true",
+                   help="one row per group of runs that differ only in --seed: mean ± sample "
+                        "std and n of each score")
     p.add_argument("--json", help="write the result(s) to this JSON file")
     p.add_argument("--save-vis", metavar="DIR", help="write image | label | prediction panels")
     p.add_argument("--vis-count", type=int, default=20)
     p.add_argument("--batch-size", type=cli.positive_int, default=1)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision on CUDA (bf16, else fp16); no effect on CPU")
     cli.add_device_arg(p)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.group_by_seed and args.ensemble:
+        p.error("--group-by-seed scores each checkpoint on its own: drop --ensemble")
+    return args
 
 
 if __name__ == "__main__":

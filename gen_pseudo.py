@@ -25,22 +25,24 @@ from torch.utils.data import DataLoader
 from core import cli
 from core.datasets import Cityscapes
 from core.errors import ConfigError
-from core.evaluation import load_model, predict_probs
+from core.evaluation import inference_autocast, load_model, predict_probs
 from core.labels import CLASS_NAMES, save_label_png
 from core.pseudo import ProbHistogram, apply_thresholds
 from core.runtime import select_device
 
 
-def predictions(models, sizes, loader, device, out_size):
+def predictions(models, sizes, loader, device, out_size, autocast):
     """Yield (names, max probability, argmax) per batch of the (ensembled) models."""
     for batch in loader:
-        probs = predict_probs(models, sizes, batch["image"].to(device), out_size)
+        with autocast():
+            probs = predict_probs(models, sizes, batch["image"].to(device), out_size)
         prob, label = probs.max(1)
         yield batch["name"], prob, label
 
 
 def main(args):
     device = select_device(args.device)
+    autocast = inference_autocast(device, args.amp)     # --amp: CUDA only
     loaded = [load_model(path, device) for path in args.checkpoints]
     models, sizes, stored = [m for m, _, _ in loaded], [s for _, s, _ in loaded], loaded[0][2]
     data_root = args.data_root or stored.get("target_root") or stored.get("val_root")
@@ -52,14 +54,15 @@ def main(args):
 
     ## pass 1: per-class histograms of the max probability -> thresholds
     hist = ProbHistogram(bins=args.bins, device=device)
-    for _, prob, label in predictions(models, sizes, loader, device, out_size):
+    for _, prob, label in predictions(models, sizes, loader, device, out_size, autocast):
         hist.update(prob, label)
     thresholds = hist.thresholds(quantile=args.quantile, cap=args.cap)
     kept = hist.kept_fraction(thresholds)
 
     ## pass 2: predict again, drop pixels under their class's threshold, write PNGs
     out = Path(args.out)
-    for names, prob, label in predictions(models, sizes, loader, device, out_size):
+    for names, prob, label in predictions(models, sizes, loader, device, out_size,
+                                          autocast):
         pseudo = apply_thresholds(label, prob, thresholds).cpu().numpy()
         for name, pseudo_map in zip(names, pseudo, strict=True):
             path = out / f"{name}.png"
@@ -100,6 +103,8 @@ def parse_args(argv=None):
                    help="histogram bins on [0, 1]")
     p.add_argument("--batch-size", type=cli.positive_int, default=2)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--amp", action="store_true",
+                   help="mixed precision on CUDA (bf16, else fp16); no effect on CPU")
     cli.add_device_arg(p)
     args = p.parse_args(argv)
     if not 0 <= args.quantile <= 1:

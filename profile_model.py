@@ -9,7 +9,7 @@ Usage:
 
 What is printed:
 - parameters: total and trainable (DeepLabV2's frozen BN affine parameters are not
-  trainable; BiSeNet's count includes its training-only auxiliary heads);
+  trainable; BiSeNet's and STDC's counts include their training-only heads);
 - multiply-adds (MACs) per image as thop counts them, on a deep copy of the model in eval
   mode, and FLOPs = 2 x MACs (labelled so: papers mix the two);
 - latency of the model alone: inputs already on the device, data loading excluded, `--warmup`
@@ -22,6 +22,7 @@ import platform
 import torch
 
 from core import cli
+from core.errors import ConfigError
 from core.labels import NUM_CLASSES
 from core.models import (
     BACKBONES,
@@ -29,6 +30,7 @@ from core.models import (
     MODEL_NAMES,
     build_discriminator,
     build_model,
+    resolve_backbone,
 )
 from core.profiling import count_macs, count_parameters, measure_latency
 from core.runtime import select_device
@@ -38,6 +40,8 @@ ALL = (
     ("BiSeNet-R18", "bisenet", "resnet18"),
     ("BiSeNet-R101", "bisenet", "resnet101"),
     ("DeepLabV2-R101", "deeplabv2", "resnet101"),
+    ("STDC1-Seg", "stdc", "stdc1"),
+    ("STDC2-Seg", "stdc", "stdc2"),
     ("FCD", "fcd", None),
     ("DSC", "dsc", None),
 )
@@ -118,7 +122,7 @@ def main(args):
     elif args.model in DISCRIMINATOR_NAMES:
         targets = [(args.model.upper(), args.model, None)]
     else:
-        backbone = args.backbone or BACKBONES[args.model][0]
+        backbone = resolve_backbone(args.model, args.backbone)
         targets = [(f"{args.model} {backbone}", args.model, backbone)]
 
     print(describe_setup(args, device))
@@ -136,7 +140,7 @@ def parse_args(argv=None):
     p.add_argument("--model", default="bisenet",
                    choices=[*MODEL_NAMES, *DISCRIMINATOR_NAMES, "all"])
     p.add_argument("--backbone", default=None, help="default: resnet18 for bisenet, resnet101 "
-                   "for deeplabv2; ignored for discriminators and --model all")
+                   "for deeplabv2, stdc1 for stdc; ignored for discriminators and --model all")
     p.add_argument("--num-classes", type=cli.positive_int, default=NUM_CLASSES)
     p.add_argument("--size", type=cli.positive_int, nargs=2, default=[512, 1024],
                    metavar=("H", "W"))
@@ -152,9 +156,11 @@ def parse_args(argv=None):
                         "be faster than oversubscribing)")
     p.add_argument("--markdown", action="store_true", help="print a markdown table")
     args = p.parse_args(argv)
-    if args.model in BACKBONES and args.backbone and args.backbone not in BACKBONES[args.model]:
-        p.error(f"--backbone {args.backbone} is not available for --model {args.model}; "
-                f"choose {' or '.join(BACKBONES[args.model])}")
+    if args.model in BACKBONES:
+        try:
+            resolve_backbone(args.model, args.backbone)
+        except ConfigError as e:
+            p.error(str(e))
     if args.warmup < 0:
         p.error(f"--warmup {args.warmup}: expected an integer >= 0")
     if min(args.size) < 32:

@@ -26,13 +26,14 @@ from core import cli
 from core.checkpoint import checkpoint_state, resume, unwrap
 from core.evaluation import validate
 from core.labels import NUM_CLASSES
-from core.logs import LossMeter, Timer, epoch_record
+from core.logs import Timer, epoch_record
 from core.losses import bce_domain_loss, build_criterion, seg_loss_sum
-from core.models import build_discriminator, build_model, param_groups
+from core.models import build_discriminator, build_model, model_options, param_groups
 from core.profiling import count_macs, count_parameters
 from core.runtime import Run, check_divergence, check_finite, report_data
 from core.sampling import SOURCE_STREAM, TARGET_STREAM, Stream
 from core.schedule import poly_scheduler
+from core.session import Session
 from core.transforms import normalize
 
 SCRIPT = "train_adv"
@@ -100,7 +101,8 @@ def main(args):
     report_data(run, source_set, val_loader.dataset)
 
     ## segmenter and discriminator, each with its optimiser and poly schedule
-    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
+    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained,
+                                  **model_options(args)))
     disc = run.place(build_discriminator(args.disc, NUM_CLASSES))
     optimizer = cli.build_optimizer(args, param_groups(unwrap(model), args.lr,
                                                        args.weight_decay))
@@ -112,14 +114,15 @@ def main(args):
              "scheduler": scheduler, "scheduler_d": scheduler_d,
              "source_stream": source_stream, "target_stream": target_stream}
     run.open_folder()
-    start_epoch, best_miou = resume(run, args, parts)
+    start = resume(run, args, parts)        # the epoch and step to continue from
+    best_miou, session = start.best_miou, Session(args, run)   # --save-every, --time-limit
     log_discriminator_profile(run, unwrap(disc), args)
 
     ## train loop
-    for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
-        timer, meter = Timer(), LossMeter()
+    for epoch in range(start.epoch, session.last_epoch):
+        timer, meter = Timer(), start.meter(epoch)
         model.train()
-        bar = run.progress(iters_per_epoch, epoch)
+        bar = run.progress(iters_per_epoch, epoch, first=start.first_step(epoch))
         for i in bar:
             iteration = epoch * iters_per_epoch + i
             src_batch = run.batch_to_device(source_stream.next())
@@ -136,15 +139,24 @@ def main(args):
             scheduler_d.step()
             meter.add(**losses)
             bar.set_postfix(meter.postfix("loss_seg", "loss_adv", "loss_d"))
+            session.log_iteration(epoch, iteration, meter, scheduler)
+            if session.save_due(iteration + 1):     # mid-epoch: --save-every, --time-limit near
+                run.save(checkpoint_state(run, args, parts, epoch - 1, iteration + 1, best_miou,
+                                          step=i + 1, meter=meter), is_best=False)
+            if session.out_of_time():
+                break
+        if session.out_of_time():                   # saved: --resume continues mid-epoch
+            break
 
         ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log
         losses = check_divergence(meter.means(run), epoch, run.out)
         result = validate(run, model, val_loader, args.val_size)
         is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
-        record = epoch_record(epoch, iteration + 1, result, timer, lr=scheduler.get_last_lr()[0],
-                              lr_d=scheduler_d.get_last_lr()[0], **losses)
-        run.save(checkpoint_state(run, args, parts, epoch, iteration + 1, best_miou, record),
-                 is_best)
+        record = epoch_record(epoch, (epoch + 1) * iters_per_epoch, result, timer,
+                              lr=scheduler.get_last_lr()[0], lr_d=scheduler_d.get_last_lr()[0],
+                              **losses)
+        run.save(checkpoint_state(run, args, parts, epoch, (epoch + 1) * iters_per_epoch,
+                                  best_miou, record), is_best)
         run.log_epoch(record)
     run.close()
 

@@ -9,7 +9,7 @@ predictions; with --pseudo it also fits target pseudo labels (a self-training ro
       python train_fda.py --source-root data/GTA5 --target-root data/Cityscapes \\
           --beta $b --out runs/fda_b$b
     done
-    python evaluate.py runs/fda_b*/best.pth --ensemble
+    python evaluate.py runs/fda_b*/last.pth --ensemble
     # LAB colour transfer instead of FDA
     python train_fda.py ... --translate lab --out runs/lab
     # self-training round on pseudo labels from gen_pseudo.py
@@ -24,12 +24,13 @@ from core import cli
 from core.checkpoint import checkpoint_state, resume, unwrap
 from core.evaluation import validate
 from core.labels import NUM_CLASSES
-from core.logs import LossMeter, Timer, epoch_record
+from core.logs import Timer, epoch_record
 from core.losses import build_criterion, charbonnier_entropy, seg_loss_sum
-from core.models import build_model, param_groups
+from core.models import build_model, model_options, param_groups, upsample
 from core.runtime import Run, check_divergence, check_finite, report_data
 from core.sampling import SOURCE_STREAM, TARGET_STREAM, Stream
 from core.schedule import poly_scheduler
+from core.session import Session
 from core.transforms import normalize, resize_images
 from core.translate import fda_source_to_target, lab_transfer
 
@@ -54,12 +55,15 @@ def train_step(run, model, criterion, src_batch, trg_batch, iteration, args):
     with run.autocast():
         src_out = model(normalize(translate(args, src_batch["image"], trg_batch["image"])))
         loss_seg = seg_loss_sum(criterion, src_out, src_batch["label"])
-        trg_out = model(normalize(trg_batch["image"]))
+        # FDA's code takes the entropy of the logits at the network's output stride (1/8),
+        # before upsampling (model/deeplab.py, forward); the CE terms use upsampled logits.
+        trg_out = model(normalize(trg_batch["image"]), upsample=False)
         loss_ent = charbonnier_entropy(trg_out[0], eta=args.eta)
         ent_weight = args.ent_weight if iteration >= args.ent_start else 0.0
         loss = loss_seg + ent_weight * loss_ent
         losses = {"loss_seg": loss_seg.detach(), "loss_ent": loss_ent.detach()}
         if args.pseudo:                     # self-training on pseudo labels
+            trg_out = upsample(trg_out, trg_batch["label"].shape[-2:])
             loss_pseudo = seg_loss_sum(criterion, trg_out, trg_batch["label"])
             loss = loss + args.lambda_pseudo * loss_pseudo
             losses["loss_pseudo"] = loss_pseudo.detach()
@@ -81,7 +85,8 @@ def main(args):
     report_data(run, source_set, val_loader.dataset)
 
     ## model, optimiser, poly schedule, loss
-    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained))
+    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained,
+                                  **model_options(args)))
     optimizer = cli.build_optimizer(args, param_groups(unwrap(model), args.lr,
                                                        args.weight_decay))
     scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
@@ -89,13 +94,14 @@ def main(args):
     parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler,
              "source_stream": source_stream, "target_stream": target_stream}
     run.open_folder()
-    start_epoch, best_miou = resume(run, args, parts)
+    start = resume(run, args, parts)        # the epoch and step to continue from
+    best_miou, session = start.best_miou, Session(args, run)   # --save-every, --time-limit
 
     ## train loop
-    for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
-        timer, meter = Timer(), LossMeter()
+    for epoch in range(start.epoch, session.last_epoch):
+        timer, meter = Timer(), start.meter(epoch)
         model.train()
-        bar = run.progress(iters_per_epoch, epoch)
+        bar = run.progress(iters_per_epoch, epoch, first=start.first_step(epoch))
         for i in bar:
             iteration = epoch * iters_per_epoch + i
             src_batch = run.batch_to_device(source_stream.next())
@@ -107,15 +113,23 @@ def main(args):
             scheduler.step()
             meter.add(**losses)
             bar.set_postfix(meter.postfix("loss_seg", "loss_ent"))
+            session.log_iteration(epoch, iteration, meter, scheduler)
+            if session.save_due(iteration + 1):     # mid-epoch: --save-every, --time-limit near
+                run.save(checkpoint_state(run, args, parts, epoch - 1, iteration + 1, best_miou,
+                                          step=i + 1, meter=meter), is_best=False)
+            if session.out_of_time():
+                break
+        if session.out_of_time():                   # saved: --resume continues mid-epoch
+            break
 
         ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log
         losses = check_divergence(meter.means(run), epoch, run.out)
         result = validate(run, model, val_loader, args.val_size)
         is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
-        record = epoch_record(epoch, iteration + 1, result, timer,
+        record = epoch_record(epoch, (epoch + 1) * iters_per_epoch, result, timer,
                               lr=scheduler.get_last_lr()[0], **losses)
-        run.save(checkpoint_state(run, args, parts, epoch, iteration + 1, best_miou, record),
-                 is_best)
+        run.save(checkpoint_state(run, args, parts, epoch, (epoch + 1) * iters_per_epoch,
+                                  best_miou, record), is_best)
         run.log_epoch(record)
     run.close()
 
@@ -141,6 +155,11 @@ def parse_args(argv=None):
     args = cli.parse(parser, argv, SCRIPT)
     if args.translate == "fda" and not 0 <= args.beta <= 0.5:
         parser.error(f"--beta {args.beta}: expected a value in [0, 0.5] (paper: 0.01-0.09)")
+    if not args.resume and args.crop is None and args.source_size != args.target_size and all(
+            s >= t for s, t in zip(args.source_size, args.target_size, strict=True)):
+        # FDA trains on random target-size crops of the source (1024x512 out of GTA5 at
+        # 1280x720), so its window b = floor(min(H, W) * beta) is 5/25/46 for beta .01/.05/.09
+        args.crop = args.target_size
     return args
 
 

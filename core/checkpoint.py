@@ -10,14 +10,21 @@ it: loading a checkpoint someone shared never executes code.
 import os
 import random
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from core.errors import CheckpointError
+from core.logs import LossMeter
 
 TMP_SUFFIX = ".tmp"
+# numpy arrays and scalars of plain dtypes (checkpoints of earlier versions hold numpy's RNG
+# state and scores as such): rebuilding them runs no code, so weights_only may allow them.
+_np_core = getattr(np, "_core", None) or np.core
+NUMPY_GLOBALS = [_np_core.multiarray._reconstruct, _np_core.multiarray.scalar, np.ndarray,
+                 np.dtype, *{type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64)}]
 
 
 # --------------------------------------------------------------------------- files
@@ -54,7 +61,8 @@ def load_checkpoint(path, map_location="cpu", mmap=False):
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        with torch.serialization.safe_globals(NUMPY_GLOBALS):
+            state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # truncated, not a torch file, holds objects other than tensors...
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: "
@@ -95,7 +103,8 @@ def set_rng_state(state):
     python = state["python"]
     random.setstate((python[0], tuple(python[1]), python[2]))
     kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    keys = keys.numpy() if torch.is_tensor(keys) else keys     # (earlier versions: ndarray)
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -109,26 +118,49 @@ def unwrap(module):
     return module.module if hasattr(module, "module") else module
 
 
-def checkpoint_state(run, args, parts, epoch, iteration, best_miou, log_record=None):
+def checkpoint_state(run, args, parts, epoch, iteration, best_miou, log_record=None,
+                     step=0, meter=None):
     """One dict with every part's state (networks unwrapped from DDP), RNGs and the args.
 
-    `epoch` is the last finished epoch (0-based); `iteration` the optimiser steps taken.
+    `epoch` is the last finished epoch (0-based, -1 for none); `iteration` the optimiser steps
+    taken; a mid-epoch checkpoint (--save-every, --time-limit) also holds `step`, the steps
+    taken in the next epoch, and that epoch's running loss sums (`meter`).
     """
     state = {name: unwrap(part).state_dict() for name, part in parts.items()}
     state.update(scaler=run.scaler.state_dict() if run.scaler else None, epoch=epoch,
-                 iteration=iteration, best_miou=float(best_miou), rng=rng_state(),
-                 script=run.script, args=vars(args), log_record=log_record)
+                 iteration=iteration, step=step, best_miou=float(best_miou), rng=rng_state(),
+                 script=run.script, args=vars(args), log_record=log_record,
+                 meter=None if meter is None else meter.state_dict())
     return state
 
 
+@dataclass
+class Start:
+    """Where a run continues: the epoch, the step within it, the best mIoU so far."""
+    epoch: int = 0
+    step: int = 0
+    best_miou: float = -1.0
+    meter_state: dict | None = None
+
+    def first_step(self, epoch):
+        """The first step of `epoch` still to run (a resumed run skips those it took)."""
+        return self.step if epoch == self.epoch else 0
+
+    def meter(self, epoch):
+        """The epoch's loss meter: restored when resuming into the middle of it."""
+        if epoch == self.epoch and self.step and self.meter_state:
+            return LossMeter.from_state(self.meter_state)
+        return LossMeter()
+
+
 def resume(run, args, parts):
-    """Restore every part from --resume. Returns (first epoch to run, best mIoU so far).
+    """Restore every part from --resume; returns where to continue (a Start).
 
     The checkpoint's script and arguments were checked against the command line when the
     arguments were parsed (core.cli); here the states are loaded.
     """
     if not args.resume:
-        return 0, -1.0
+        return Start()
     state = load_checkpoint(args.resume)
     for name, part in parts.items():
         if name not in state:
@@ -142,4 +174,5 @@ def resume(run, args, parts):
         run.scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     run.restore_log(state.get("log_record"))
-    return state["epoch"] + 1, state["best_miou"]
+    return Start(state["epoch"] + 1, state.get("step", 0), state["best_miou"],
+                 state.get("meter"))

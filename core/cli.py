@@ -18,7 +18,8 @@ import torch
 from core.checkpoint import load_checkpoint
 from core.datasets import GTA5, Cityscapes, PseudoLabelDataset
 from core.errors import ConfigError, SegDAError
-from core.models import BACKBONES, MODEL_NAMES
+from core.models import BACKBONES, MODEL_NAMES, model_options, resolve_backbone
+from core.prepared import use_prepared
 from core.transforms import build_transforms
 
 # Per-model optimisation defaults.
@@ -29,6 +30,12 @@ MODEL_DEFAULTS = {
     # DeepLabV2 UDA papers (AdaptSegNet, ADVENT, FDA): lr 2.5e-4 (classifier x10), wd 5e-4,
     # batch 1.
     "deeplabv2": {"lr": 2.5e-4, "weight_decay": 5e-4, "batch_size": 1},
+    # STDC-Seg (Fan et al. 2021, sec. 4; the authors' train.py): SGD 0.9, lr 1e-2 (FFM and
+    # heads x10), wd 5e-4, poly 0.9, 1024x512 crops, 16 images per GPU (V100s). One GPU:
+    # batch 8, half that (a smaller network than BiSeNet-R18 at the same default batch, so it
+    # fits where that one does, and the two compare at equal batch); the paper's lr is kept,
+    # not halved, as the BiSeNet default keeps its lr at half its paper's batch.
+    "stdc": {"lr": 1e-2, "weight_decay": 5e-4, "batch_size": 8},
 }
 # --demo: half the generated resolution (the source keeps its 16:9 aspect), random
 # initialisation (nothing is downloaded) and a schedule that ends in minutes on a 2-core CPU.
@@ -39,8 +46,8 @@ DEMO_SETTINGS = {"source_size": (144, 256), "target_size": (128, 256), "val_size
 DATASET_SIZES = {"gta5": (720, 1280), "cityscapes": (512, 1024)}
 DEFAULT_EPOCHS = 50       # the brief's
 # Flags that a resumed run may change: they do not change what the run computes.
-SESSION_FLAGS = ("resume", "out", "stop_after", "workers", "device", "demo", "log_every",
-                 "save_every", "time_limit")
+SESSION_FLAGS = ("resume", "out", "stop_after", "workers", "prepared", "device", "demo",
+                 "log_every", "save_every", "time_limit")
 
 
 # --------------------------------------------------------------------------- flags
@@ -88,8 +95,14 @@ def add_data_args(p, target=False):
                    help="source augmentations, comma-separated from flip,jitter,blur,scale")
     g.add_argument("--aug-p", type=float, default=0.5, help="probability of each augmentation")
     g.add_argument("--crop", type=positive_int, nargs=2, metavar=("H", "W"),
-                   help="train on random crops of this size of the resized source images")
+                   help="train on random crops of this size of the resized source images "
+                        "(train_fda.py: default the target size, as FDA's code crops)")
     g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    g.add_argument("--prepared", metavar="DIR",
+                   help="read the training sets from copies decoded and resized once, kept "
+                        "in DIR (made, or brought up to date, at start; identical items, "
+                        "several times faster to load; see core/prepared.py). Default: the "
+                        "raw files")
 
 
 def add_model_args(p):
@@ -97,10 +110,13 @@ def add_model_args(p):
     g.add_argument("--model", choices=MODEL_NAMES, default="bisenet")
     g.add_argument("--backbone", choices=sorted({b for v in BACKBONES.values() for b in v}),
                    default=None, help="bisenet: resnet18 (default) or resnet101; "
-                                      "deeplabv2: resnet101")
+                                      "deeplabv2: resnet101; stdc: stdc1 (default) or stdc2")
     g.add_argument("--pretrained", default=None,
-                   help="imagenet (default; torchvision's weights from its cache), a .pth "
-                        "path, or none")
+                   help="imagenet (default; torchvision's weights from its cache; stdc: the "
+                        "authors' STDCNet .tar there), a .pth/.tar path, or none")
+    g.add_argument("--arm-bn", action="store_true",
+                   help="bisenet: BatchNorm in the attention refinement modules (the paper, "
+                        "CoinCheung/BiSeNet); default: without, as the course code computes")
 
 
 def add_optim_args(p):
@@ -138,6 +154,15 @@ def add_run_args(p, default_out):
     g.add_argument("--stop-after", type=positive_int, metavar="EPOCHS",
                    help="end this session after that many epochs in total (resume later); "
                         "for time-limited Colab/Kaggle sessions")
+    g.add_argument("--save-every", type=positive_int, metavar="STEPS",
+                   help="also write last.pth every that many iterations (mid-epoch; a resume "
+                        "continues exactly from there)")
+    g.add_argument("--time-limit", type=float, metavar="MINUTES",
+                   help="save and stop cleanly before this session has run that long "
+                        "(Colab/Kaggle); continue later with --resume")
+    g.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",
+                   help="write the running losses to metrics.jsonl every that many iterations "
+                        "(training curves: plot_runs.py)")
     g.add_argument("--seed", type=int, default=42)
     add_device_arg(g)
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or "
@@ -192,6 +217,7 @@ def resume_args(parser, args, given, script):
         raise ConfigError(f"--resume {ckpt}: that run was made by {state['script']}.py, not "
                           f"{script}.py (resume it with its own script)")
     stored = dict(state["args"])
+    stored.update(model_options(stored))  # options the run predates: the values it trained with
     changed = [f"--{k.replace('_', '-')} {getattr(args, k)} (the run has {stored[k]})"
                for k in sorted(given) if k not in SESSION_FLAGS and k in stored
                and not _same(getattr(args, k), stored[k])]
@@ -248,17 +274,19 @@ def resolve_defaults(args, parser):
         raise ConfigError("--target-root is required (or --demo)")
     if args.val_root is None:
         raise ConfigError("--val-root is required when training on GTA5 (a Cityscapes folder)")
-    args.backbone = args.backbone or BACKBONES[args.model][0]
-    if args.backbone not in BACKBONES[args.model]:
-        raise ConfigError(f"--backbone {args.backbone} is not available for --model "
-                          f"{args.model}; choose {' or '.join(BACKBONES[args.model])}")
+    args.backbone = resolve_backbone(args.model, args.backbone)
     if args.crop and (args.crop[0] > args.source_size[0] or args.crop[1] > args.source_size[1]):
         raise ConfigError(f"--crop {args.crop[0]} {args.crop[1]} is larger than the source "
                           f"working size {args.source_size[0]} {args.source_size[1]}")
     if args.model == "deeplabv2" and args.pretrained == "none":
         raise ConfigError("--model deeplabv2 --pretrained none cannot train: its BatchNorm is "
                           "frozen (Caffe style), which random weights cannot work with; pass "
-                          "--pretrained imagenet or a DeepLab initialisation file")
+                          "--pretrained imagenet or a torchvision ResNet-101 state dict")
+    if args.arm_bn and args.model != "bisenet":
+        raise ConfigError(f"--arm-bn is an option of --model bisenet, not {args.model}")
+    # DeepLabV2: a bottleneck's stride in its 3x3 conv, where torchvision's weights (the only
+    # ones loaded) expect it. Not a flag; recorded so that evaluation rebuilds the same network.
+    args.resnet_style = "pytorch"
     return args
 
 
@@ -268,17 +296,26 @@ def source_dataset(args):
     """The labelled training set, resized to --source-size, with --aug applied."""
     transform = build_transforms(args.aug, p=args.aug_p, crop=args.crop)
     if args.source == "gta5":
-        return GTA5(args.source_root, split=args.source_split, size=args.source_size,
-                    transform=transform)
-    return Cityscapes(args.source_root, split=args.source_split or "train",
-                      size=args.source_size, transform=transform)
+        dataset = GTA5(args.source_root, split=args.source_split, size=args.source_size,
+                       transform=transform)
+    else:
+        dataset = Cityscapes(args.source_root, split=args.source_split or "train",
+                             size=args.source_size, transform=transform)
+    return _maybe_prepared(dataset, args)
 
 
 def target_dataset(args):
     """Unlabelled Cityscapes training images, paired with --pseudo labels when given."""
-    images = Cityscapes(args.target_root, split=args.target_split, size=args.target_size,
-                        labelled=False)
+    images = _maybe_prepared(Cityscapes(args.target_root, split=args.target_split,
+                                        size=args.target_size, labelled=False), args)
     return PseudoLabelDataset(images, args.pseudo) if args.pseudo else images
+
+
+def _maybe_prepared(dataset, args):
+    """With --prepared DIR, the dataset reads its prepared copy (the same items, made once)."""
+    if getattr(args, "prepared", None):
+        use_prepared(dataset, args.prepared, workers=args.workers)
+    return dataset
 
 
 def val_dataset(args):

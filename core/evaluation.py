@@ -4,14 +4,17 @@ Protocol (the official UDA code's): images are fed at the model's working size, 
 upsampled bilinearly to the label's size, and the confusion matrix is accumulated over the
 whole set. Both sizes are reported with every result, since published numbers move with them.
 """
+import contextlib
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from core.checkpoint import load_checkpoint, load_weights, unwrap
-from core.errors import DataError
+from core.errors import CheckpointError, DataError
 from core.labels import NUM_CLASSES
 from core.metrics import ConfusionMatrix
-from core.models import build_model
+from core.models import build_model, model_options
 from core.transforms import normalize, resize_images
 
 
@@ -31,6 +34,24 @@ def predict_probs(models, sizes, images, out_size):
 
 
 @torch.inference_mode()
+def predict_classes(models, sizes, images, out_size):
+    """Class map: argmax of one model's logits, or of the ensemble's mean softmax. evaluate.py
+    and predict.py both go through here, so their predictions agree pixel for pixel."""
+    if len(models) == 1:
+        return predict_logits(models[0], images, sizes[0], out_size).argmax(1)
+    return predict_probs(models, sizes, images, out_size).argmax(1)
+
+
+def inference_autocast(device, amp):
+    """--amp of the inference scripts, as a context factory: autocast on CUDA (bf16 where the
+    GPU has it, else fp16; logits are upsampled and soft-maxed in fp32), nothing on CPU."""
+    if not amp or device.type != "cuda":
+        return contextlib.nullcontext
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return functools.partial(torch.autocast, "cuda", dtype=dtype)
+
+
+@torch.inference_mode()
 def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress=None):
     """Confusion matrix of the (ensembled) prediction over a labelled loader, all ranks summed.
 
@@ -46,10 +67,7 @@ def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress
         labels = batch["label"].to(device, non_blocking=True)
         out_size = tuple(labels.shape[-2:])
         with autocast() if autocast else torch.autocast(device.type, enabled=False):
-            if len(models) == 1:
-                pred = predict_logits(models[0], images, sizes[0], out_size).argmax(1)
-            else:
-                pred = predict_probs(models, sizes, images, out_size).argmax(1)
+            pred = predict_classes(models, sizes, images, out_size)
         cm.update(pred, labels)
     return cm.reduce()
 
@@ -69,11 +87,20 @@ def validate(run, model, loader, size):
     return result
 
 
-def load_model(path, device, size=None):
-    """(model in eval mode, its working size, stored args) rebuilt from a checkpoint."""
+def load_model(path, device, size=None, net="model"):
+    """(model in eval mode, its working size, stored args) rebuilt from a checkpoint, with the
+    architecture options it records (those it predates: the values it was trained with).
+    net="teacher": the teacher of a train_mpl.py run (its args' teacher_model, ...)."""
     state = load_checkpoint(path)
     stored = state["args"]
-    model = build_model(stored["model"], NUM_CLASSES, stored["backbone"], pretrained="none")
-    load_weights(model, state["model"], path)
+    if net == "teacher":
+        if "teacher" not in state:
+            raise CheckpointError(f"{path} holds no teacher (train_mpl.py checkpoints do)")
+        name, backbone = stored["teacher_model"], stored["teacher_backbone"]
+        options = stored["teacher_options"]
+    else:
+        name, backbone, options = stored["model"], stored["backbone"], model_options(stored)
+    model = build_model(name, NUM_CLASSES, backbone, pretrained="none", **options)
+    load_weights(model, state[net], path, what=net)
     working_size = tuple(size or stored.get("val_size") or stored.get("target_size"))
     return model.to(device).eval(), working_size, stored

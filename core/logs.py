@@ -9,6 +9,8 @@ import math
 import time
 from pathlib import Path
 
+import torch
+
 
 def _plain(value):
     """JSON-safe: NaN/inf -> None, tensors and numpy scalars -> float, Paths -> str."""
@@ -75,6 +77,16 @@ class LossMeter:
     def means(self, run):
         """All running means, averaged over processes."""
         return {name: run.mean_across_ranks(self.mean(name)) for name in self.sums}
+
+    def state_dict(self):
+        return {"sums": {k: torch.as_tensor(v).detach().cpu() for k, v in self.sums.items()},
+                "count": self.count}
+
+    @classmethod
+    def from_state(cls, state):
+        meter = cls()
+        meter.sums, meter.count = dict(state["sums"]), state["count"]
+        return meter
 
 
 class Timer:

@@ -1,4 +1,5 @@
-"""Losses: segmentation (CE, focal, class-weighted CE), adversarial BCE, target entropy.
+"""Losses: segmentation (CE, focal, class-weighted CE), STDC detail, adversarial BCE, target
+entropy.
 
 Every segmentation loss is a mean over the labelled pixels, and 0 (not NaN) for a batch
 with none (AdaptSegNet's CrossEntropy2d does the same), so one all-ignore label cannot stop
@@ -69,8 +70,62 @@ def build_seg_loss(name, gamma=2.0, class_weights=None, ignore_index=IGNORE_INDE
 
 
 def seg_loss_sum(criterion, outputs, target):
-    """Sum of the criterion over the main and auxiliary outputs (BiSeNet: main + aux16 + aux32)."""
-    return sum(criterion(logits, target) for logits in outputs)
+    """Sum of the criterion over the main and auxiliary outputs (BiSeNet: main + aux16 + aux32),
+    plus STDC's detail loss when the outputs carry detail logits (`outputs.detail`, see
+    core/models/stdc.py TrainOutputs): STDC-Seg's loss = main + aux8 + aux16 + detail, all
+    weighted 1 as in the authors' train.py. Applied to pseudo labels, the detail target is
+    their boundaries, those of the ignored (255) regions included, as for source labels."""
+    loss = sum(criterion(logits, target) for logits in outputs)
+    detail = getattr(outputs, "detail", None)
+    if detail is not None:
+        loss = loss + detail_loss(detail, target)
+    return loss
+
+
+# STDC detail guidance (Fan et al. 2021, sec. 3.2 "Detail Guidance of Low-level Features";
+# the authors' loss/detail_loss.py).
+LAPLACIAN = ((-1.0, -1.0, -1.0), (-1.0, 8.0, -1.0), (-1.0, -1.0, -1.0))
+DETAIL_STRIDES, DETAIL_FUSE = (1, 2, 4), (0.6, 0.3, 0.1)
+
+
+def detail_target(labels):
+    """STDC's binary detail ground truth (N x 1 x H x W) from train-id labels (N x H x W).
+
+    As the authors compute it: the Laplacian of the label map taken as numbers (255 included;
+    zero padding, so image borders of classes > 0 count as edges) at strides 1, 2 and 4,
+    clamped at 0, upsampled (nearest) to full size and binarised (> 0.1); the three fused
+    with weights 0.6, 0.3, 0.1 and binarised again (> 0.1). A pixel that is an edge only at
+    stride 4 scores exactly 0.1 and is dropped, so the target is the stride-1 or stride-2
+    boundary. (The authors' fuse weights are an nn.Parameter, but the thresholding cuts
+    their gradient, so they stay at these values.)
+    """
+    x = labels[:, None].float()
+    kernel = torch.tensor(LAPLACIAN, device=x.device).view(1, 1, 3, 3)
+    fused = torch.zeros_like(x)
+    for stride, weight in zip(DETAIL_STRIDES, DETAIL_FUSE, strict=True):
+        edges = F.conv2d(x, kernel, stride=stride, padding=1).clamp(min=0)
+        edges = F.interpolate(edges, size=x.shape[-2:], mode="nearest")
+        fused = fused + weight * (edges > 0.1).float()
+    return (fused > 0.1).float()
+
+
+def dice_loss(probs, target, smooth=1.0):
+    """1 - (2 sum(p g) + 1) / (sum p + sum g + 1) per image, averaged over the batch: the
+    authors' dice_loss_func (plain sums, smooth 1), the code behind the paper's results."""
+    p, g = probs.flatten(1), target.flatten(1)
+    return (1 - (2 * (p * g).sum(1) + smooth) / (p.sum(1) + g.sum(1) + smooth)).mean()
+
+
+def detail_loss(detail_logits, labels):
+    """L_detail = L_dice + L_bce (Fan et al. 2021, sec. 3.2), weight 1, between the detail
+    head's logits, upsampled bilinearly (align_corners=True) to the label size, and
+    detail_target(labels). In float32 even under autocast (exact Laplacian of the ids)."""
+    with torch.autocast(detail_logits.device.type, enabled=False):
+        target = detail_target(labels)
+        logits = F.interpolate(detail_logits.float(), size=target.shape[-2:],
+                               mode="bilinear", align_corners=True)
+        bce = F.binary_cross_entropy_with_logits(logits, target)
+        return bce + dice_loss(torch.sigmoid(logits), target)
 
 
 def bce_domain_loss(d_logits, domain_label):

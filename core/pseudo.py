@@ -4,7 +4,10 @@ The official BDL / FDA scripts predict the whole target set, keep every max-prob
 memory, and per class c take the value at index round(q * n_c) of the sorted probabilities of
 the n_c pixels predicted c (BDL q = 0.5; FDA's `getSudoLabel_multi.py` q = 0.66), capped at
 0.9; pixels with prob < threshold[label] become 255. That is ~25 GB for Cityscapes train.
-`ProbHistogram` gets the same thresholds from a per-class histogram in constant memory:
+`ProbHistogram` gets the thresholds from a per-class histogram in constant memory. They are
+not the same: each is the lower edge of the bin holding the exact order statistic, so up to one
+bin width (1e-4 by default) below it, and the pseudo labels keep a superset of the official
+pixels (the extra ones lie within that bin):
 
     hist = ProbHistogram()
     for logits in predictions:                 # first pass over the target set
@@ -15,9 +18,12 @@ the n_c pixels predicted c (BDL q = 0.5; FDA's `getSudoLabel_multi.py` q = 0.66)
 
 Several processes: `torch.distributed.all_reduce(hist.counts)` (or `hist.merge(other)`).
 """
+import json
+
 import torch
 
-from core.labels import IGNORE_INDEX, NUM_CLASSES
+from core.errors import ConfigError
+from core.labels import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 
 
 class ProbHistogram:
@@ -132,3 +138,15 @@ def apply_thresholds(label, prob, thresholds, ignore_index=IGNORE_INDEX):
     thr = thresholds[label.clamp(0, thresholds.numel() - 1)]
     keep = valid & (prob.to(label.device) >= thr)
     return torch.where(keep, label, torch.full_like(label, ignore_index)).to(torch.uint8)
+
+
+def read_thresholds(path):
+    """The per-class thresholds (train-id order) of a thresholds.json written by gen_pseudo.py:
+    {"classes": {name: {"threshold": t, ...}, ...}, ...}."""
+    try:
+        with open(path) as f:
+            classes = json.load(f)["classes"]
+        return [float(classes[c]["threshold"]) for c in CLASS_NAMES]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--thresholds {path}: not a readable thresholds.json of "
+                          f"gen_pseudo.py ({type(e).__name__}: {e})") from e

@@ -17,11 +17,13 @@ import platform
 import random
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from core.checkpoint import remove_orphaned_temp_files, save_checkpoint, unwrap
@@ -32,6 +34,8 @@ from core.sampling import EVAL_STREAM, make_loader
 # An epoch whose mean loss passes this has diverged (cross-entropy over 19 classes starts
 # near ln 19 = 2.9): it is never saved as best.pth, and the run stops.
 DIVERGED_LOSS = 1e3
+# Key of the per-item loading time in timed training batches (see TimedItems).
+LOAD_SECONDS = "load_seconds"
 
 
 def seed_everything(seed):
@@ -120,6 +124,10 @@ class Run:
         self.out = Path(args.out)
         self.log = RunLog(self.out / "metrics.jsonl", enabled=self.is_main)
         self._lock = None
+        # On CUDA each epoch starts with the loaders' CPU seconds per iteration: whether the
+        # GPU waits for data. `train_loader` then times the loading of every item.
+        self.time_loading = self.device.type == "cuda"
+        self._timed, self._load_seconds, self._load_iters = [], 0.0, 0
         seed_everything(args.seed + self.rank)
 
     @staticmethod
@@ -167,10 +175,16 @@ class Run:
 
     # -- data and models -----------------------------------------------------------------
     def train_loader(self, dataset, stream):
-        """Shuffled training batches of --batch-size (per process) from this rank's shard."""
+        """Shuffled training batches of --batch-size (per process) from this rank's shard.
+
+        On CUDA: pinned memory, workers kept from pass to pass, items timed (TimedItems)."""
+        cuda = self.device.type == "cuda"
+        if self.time_loading:
+            dataset = TimedItems(dataset)
+            self._timed.append(dataset)
         return make_loader(dataset, self.args.batch_size, self.args.seed, stream, train=True,
                            workers=self.args.workers, rank=self.rank,
-                           world_size=self.world_size, pin_memory=self.device.type == "cuda")
+                           world_size=self.world_size, pin_memory=cuda, persistent_workers=cuda)
 
     def val_loader(self, dataset, batch_size=1):
         """This rank's shard of the validation set, in order, no sample twice."""
@@ -184,7 +198,8 @@ class Run:
         if self.args.channels_last:
             module = module.to(memory_format=torch.channels_last)
         if ddp and self.world_size > 1:
-            if getattr(self.args, "sync_bn", False):
+            if getattr(self.args, "sync_bn", False) and self.args.model != "deeplabv2":
+                # (DeepLabV2's BatchNorm is frozen: there are no batch statistics to sync)
                 module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
             ids = [self.device.index] if self.device.type == "cuda" else None
             module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
@@ -193,6 +208,9 @@ class Run:
     def batch_to_device(self, batch):
         """A loader's batch on the device: uint8 images, labels (if any) as int64 class ids."""
         batch = dict(batch)
+        seconds = batch.pop(LOAD_SECONDS, None)
+        if seconds is not None:
+            self._load_seconds += float(seconds.sum())
         batch["image"] = batch["image"].to(self.device, non_blocking=True)
         if self.args.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -200,10 +218,36 @@ class Run:
             batch["label"] = batch["label"].to(self.device, non_blocking=True).long()
         return batch
 
-    def progress(self, iters, epoch):
-        """A progress bar over the iterations of one epoch (rank 0)."""
-        return tqdm(range(iters), desc=f"epoch {epoch + 1}/{self.args.epochs}",
+    def progress(self, iters, epoch, first=0):
+        """The steps `first`..iters-1 of one epoch, with a progress bar (rank 0) shown after
+        the loading line."""
+        if self._timed and self.is_main:
+            self.report_loading()
+        self._load_seconds, self._load_iters = 0.0, iters
+        return tqdm(range(first, iters), desc=f"epoch {epoch + 1}/{self.args.epochs}",
+                    initial=first, total=iters,
                     disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False)
+
+    def report_loading(self):
+        """data: 0.74 CPU-s of loading per iteration (last epoch); 4 workers on 2 cores ..."""
+        if self._load_iters and self._load_seconds:
+            per_iter, how = self._load_seconds / self._load_iters, "last epoch"
+        else:   # first epoch of this session: time two samples of each training set here
+            per_iter, how = 0.0, "2 samples of each training set"
+            for timed in self._timed:
+                n = min(2, len(timed))
+                start = time.process_time()
+                for i in range(n):
+                    timed.dataset[(i, i)]
+                per_iter += (time.process_time() - start) / n * self.args.batch_size
+        workers = self.args.workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
+            os.cpu_count() or 1)
+        rate = min(max(workers, 1), cores) / max(per_iter, 1e-9)
+        hint = "" if getattr(self.args, "prepared", None) else "; --prepared DIR loads faster"
+        print(f"data: {per_iter:.2g} CPU-s of loading per iteration ({how}); {workers} "
+              f"worker(s) on {cores} cores supply at most {rate:.1f} it/s: a bar near that "
+              f"rate means the GPU waits for data{hint}", flush=True)
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -259,6 +303,23 @@ class Run:
         if self._lock is not None:
             self._lock.close()
             self._lock = None
+
+
+class TimedItems(Dataset):
+    """A training set whose items also carry `load_seconds`: the CPU time of their loading
+    (decode, resize, augmentation) in the thread that loads them, i.e. the loader worker.
+    Run.batch_to_device takes it out of the batch again."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        start = time.thread_time()
+        item = self.dataset[index]
+        return {**item, LOAD_SECONDS: time.thread_time() - start}
 
 
 def lock_folder(folder):

@@ -75,15 +75,19 @@ class EpochSampler(Sampler):
 
 
 def make_loader(dataset, batch_size, seed, stream, train, workers, rank=0, world_size=1,
-                pin_memory=False):
-    """DataLoader over an EpochSampler; training shuffles and drops the last partial batch."""
+                pin_memory=False, persistent_workers=False):
+    """DataLoader over an EpochSampler; training shuffles and drops the last partial batch.
+
+    persistent_workers: keep the worker processes from one pass to the next (a Stream starts
+    a new pass every epoch or so; restarting workers costs seconds)."""
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, stream=stream, rank=rank,
                            world_size=world_size, pad=train)
     if train and len(sampler) < batch_size:
         raise ConfigError(f"--batch-size {batch_size} is larger than the {len(sampler)} "
                           f"training images available to each process")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=pin_memory, drop_last=train)
+                      pin_memory=pin_memory, drop_last=train,
+                      persistent_workers=persistent_workers and workers > 0)
 
 
 class Stream:

@@ -8,15 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from core.datasets import (
-    GTA5,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    Cityscapes,
-    PseudoLabelDataset,
-    denormalize,
-    normalize,
-)
+from core.datasets import GTA5, Cityscapes, PseudoLabelDataset
+from core.decoding import DataWarning
+from core.errors import DataError
+from core.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denormalize, normalize
 
 H, W = 16, 32
 
@@ -215,7 +210,7 @@ def test_gta5_unlabelled_and_transform(tmp_path):
     (tmp_path / "labels").rmdir()
     seen = []
 
-    def transform(image, label):
+    def transform(image, label, generator=None):
         seen.append(label)
         return image.flip(-1), label
 
@@ -305,7 +300,7 @@ def test_pseudo_labels_resized_to_image_and_transformed_jointly(tmp_path):
     assert item["label"].shape == (H, W)
     assert (item["label"][:, : W // 2] == 7).all() and (item["label"][:, W // 2:] == 0).all()
 
-    def flip(image, label):
+    def flip(image, label, generator=None):
         return image.flip(-1), label.flip(-1)
 
     flipped = PseudoLabelDataset(inner, tmp_path / "pseudo", transform=flip)[0]
@@ -326,6 +321,14 @@ def test_pseudo_label_errors(tmp_path):
     with pytest.raises(ValueError, match="transform=None"):
         PseudoLabelDataset(GTA5(tmp_path / "gta", size=None, labelled=False,
                                 transform=lambda i, l: (i, l)), tmp_path / "pseudo")
+
+
+def test_pseudo_label_of_another_aspect_ratio_is_refused(tmp_path):
+    make_gta(tmp_path / "gta", formats=("P",))
+    save(tmp_path / "pseudo/00001.png", np.zeros((H, H), np.uint8))   # square, image 1:2
+    inner = GTA5(tmp_path / "gta", size=None, labelled=False)
+    with pytest.raises(DataError, match="00001.png is 16x16 but its image .* 32x16"):
+        PseudoLabelDataset(inner, tmp_path / "pseudo")[0]
 
 
 # --------------------------------------------------------------------------- bad input
@@ -358,12 +361,65 @@ def test_image_without_label(tmp_path):
         GTA5(tmp_path / "gta")
 
 
-def test_label_size_mismatch_is_reported_at_load(tmp_path):
+def test_label_of_another_size_is_resized_independently_and_named(tmp_path):
+    # Real GTA5 has a few such frames (a 1914x1046 label for a 1914x1052 image): the
+    # reference loaders resize image and label to the working size each on its own.
+    make_gta(tmp_path, formats=("P", "P"))
+    ids = scene(0)
+    taller = np.concatenate([ids, ids[-2:]], axis=0)          # label 2 rows taller
+    save(tmp_path / "labels/00001.png", taller, mode="P")
+    ds = GTA5(tmp_path, size=(H, W))
+    item = ds[0]
+    assert item["image"].shape == (3, H, W) and item["label"].shape == (H, W)
+    expected = np.array(Image.fromarray(taller).resize((W, H), Image.Resampling.NEAREST))
+    lut = np.full(256, 255, np.uint8)
+    for label_id, train_id in EXPECTED_TRAIN_ID.items():
+        lut[label_id] = train_id
+    assert np.array_equal(item["label"].numpy(), lut[expected])
+    assert ds.size_mismatches() == [f"00001 (image {W}x{H}, label {W}x{H + 2})"]
+    assert GTA5(tmp_path, size=None)[0]["label"].shape == (H + 2, W)   # evaluation: as is
+
+
+def test_unknown_label_ids_warn_with_the_file_and_become_ignore(tmp_path):
     make_gta(tmp_path, formats=("P",))
-    save(tmp_path / "labels/00001.png", np.zeros((H, W + 1), np.uint8), mode="P")
-    ds = GTA5(tmp_path)  # construction only lists files
-    with pytest.raises(ValueError, match=str(tmp_path / "labels/00001.png")):
-        ds[0]
+    ids = scene(0).copy()
+    ids[:2] = 200                                   # not a Cityscapes id
+    save(tmp_path / "labels/00001.png", ids, mode="P")
+    with pytest.warns(DataWarning, match=r"00001\.png holds \d+ pixels of unknown ids \(.*200\)"):
+        label = GTA5(tmp_path, size=None)[0]["label"]
+    assert (label[:2] == 255).all()
+    # an RGB file that holds ids, not colours: every pixel unknown -> a warning naming it
+    rgb = np.repeat(scene(0)[..., None], 3, axis=2)
+    save(tmp_path / "labels/00001.png", rgb)
+    with pytest.warns(DataWarning, match="00001.png holds no Cityscapes class colour"):
+        assert (GTA5(tmp_path, size=None)[0]["label"] == 255).all()
+
+
+def test_unreadable_validation_file_is_found_before_training(tmp_path):
+    root, _ = make_cityscapes(tmp_path / "city", split="val")
+    bad = next((root / "leftImg8bit" / "val").rglob("*.png"))
+    bad.write_bytes(b"")                            # zero-byte file
+    with pytest.raises(DataError, match=str(bad)):
+        Cityscapes(root, split="val", size=None).verify_readable()
+
+
+def test_decompression_bomb_is_a_data_error(tmp_path, monkeypatch):
+    make_gta(tmp_path, formats=("P",))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)   # PIL raises past 2x this
+    with pytest.raises(DataError, match="00001.png"):
+        GTA5(tmp_path, size=None)[0]
+
+
+def test_augmentation_draws_depend_only_on_the_sample_seed(tmp_path):
+    make_gta(tmp_path, formats=("P", "P"))
+    ds = GTA5(tmp_path, size=(H, W), transform=build_transforms("flip,jitter,scale", p=0.5))
+    a, b = ds[(1, 1234)], ds[(1, 1234)]
+    torch.manual_seed(99)                           # the global generator plays no part
+    c = ds[(1, 1234)]
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["image"], c["image"])
+    assert torch.equal(a["label"], c["label"])
+    others = [ds[(1, seed)]["image"] for seed in range(5)]
+    assert any(not torch.equal(a["image"], o) for o in others)
 
 
 def test_corrupt_files(tmp_path):
@@ -372,9 +428,9 @@ def test_corrupt_files(tmp_path):
     good = (tmp_path / "labels/00002.png").read_bytes()
     (tmp_path / "labels/00002.png").write_bytes(good[: len(good) // 2])  # truncated
     ds = GTA5(tmp_path, size=None)
-    with pytest.raises(ValueError, match=str(tmp_path / "images/00001.png")):
+    with pytest.raises(DataError, match=str(tmp_path / "images/00001.png")):
         ds[0]
-    with pytest.raises(ValueError, match=str(tmp_path / "labels/00002.png")):
+    with pytest.raises(DataError, match=str(tmp_path / "labels/00002.png")):
         ds[1]
 
 

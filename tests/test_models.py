@@ -100,7 +100,10 @@ def test_dsc_is_depthwise_then_pointwise():
 def test_segmenter_parameter_counts(deeplab, bisenet18):
     assert sum(p.numel() for p in deeplab.parameters()) == 43_901_068
     assert sum(p.numel() for p in deeplab.parameters() if p.requires_grad) == 43_795_724
-    assert sum(p.numel() for p in bisenet18.parameters()) == 12_068_672
+    assert sum(p.numel() for p in bisenet18.parameters()) == 12_067_136
+    # --arm-bn adds the attention refinement modules' BatchNorm: 2 x (256 + 512)
+    with_bn = build_model("bisenet", backbone="resnet18", arm_bn=True)
+    assert sum(p.numel() for p in with_bn.parameters()) == 12_068_672
 
 
 # ---- DeepLabV2 specifics ----
@@ -188,20 +191,15 @@ def test_torchvision_state_dict_loads_into_backbone(tmp_path):
         assert torch.equal(value, reference[key]), key
 
 
-def test_scale_prefixed_deeplab_file_loads_into_backbone(tmp_path, deeplab):
+def test_torchvision_r101_file_loads_into_deeplab(tmp_path, deeplab):
     torch.manual_seed(1)
-    state = {f"Scale.{k}": torch.randn_like(v.float()) if v.is_floating_point() else v
-             for k, v in deeplab.backbone.state_dict().items()
-             if not k.endswith("num_batches_tracked")}  # the old Caffe-converted files lack them
-    for i in range(4):  # a 21-class (VOC/COCO) classifier, skipped
-        state[f"Scale.layer5.conv2d_list.{i}.weight"] = torch.randn(21, 2048, 3, 3)
-        state[f"Scale.layer5.conv2d_list.{i}.bias"] = torch.randn(21)
-    torch.save(state, tmp_path / "DeepLab_init.pth")
-    model = build_model("deeplabv2", pretrained=str(tmp_path / "DeepLab_init.pth"))
+    state = {k: torch.randn_like(v.float()) if v.is_floating_point() else v
+             for k, v in deeplab.backbone.state_dict().items()}
+    state["fc.weight"], state["fc.bias"] = torch.randn(1000, 2048), torch.randn(1000)  # skipped
+    torch.save(state, tmp_path / "r101.pth")
+    model = build_model("deeplabv2", pretrained=str(tmp_path / "r101.pth"))
     for key, value in model.backbone.state_dict().items():
-        if not key.endswith("num_batches_tracked"):
-            assert torch.equal(value, state[f"Scale.{key}"]), key
-    assert model.classifier.conv2d_list[0].weight.shape[0] == 19
+        assert torch.equal(value, state[key]), key  # the Caffe init file: tests/test_faithful.py
 
 
 def test_file_that_does_not_fit_names_file_and_keys(tmp_path):

@@ -1,7 +1,19 @@
+import json
+import random
+
+import numpy as np
 import pytest
 import torch
 
-from core.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from core.checkpoint import (
+    load_checkpoint,
+    remove_orphaned_temp_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from core.errors import CheckpointError
+from core.logs import RunLog
 from core.schedule import poly_scheduler
 
 
@@ -66,3 +78,67 @@ def test_failed_save_keeps_previous_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert load_checkpoint(path)["epoch"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.pth"]
+
+
+class Payload:
+    """An object whose unpickling would run code (here: set a flag)."""
+    ran = False
+
+    def __reduce__(self):
+        return (setattr, (Payload, "ran", True))
+
+
+def test_loading_never_runs_code_pickled_in_a_checkpoint(tmp_path):
+    path = tmp_path / "shared.pth"
+    torch.save({"model": {}, "args": {}, "evil": Payload()}, path)
+    with pytest.raises(CheckpointError, match="shared.pth cannot be read"):
+        load_checkpoint(path)
+    assert Payload.ran is False
+
+
+def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    path = tmp_path / "last.pth"
+    save_checkpoint({"model": {}, "args": {}, "rng": rng_state()}, path)
+    expected = (random.random(), np.random.rand(), np.random.randn(), torch.rand(()).item())
+    set_rng_state(load_checkpoint(path)["rng"])
+    assert (random.random(), np.random.rand(), np.random.randn(), torch.rand(()).item()) \
+        == expected
+
+
+def test_orphaned_temp_files_of_our_saves_are_removed_and_nothing_else(tmp_path):
+    (tmp_path / ".last.pth.abc123.tmp").write_bytes(b"half")
+    (tmp_path / ".best.pth.x.tmp").write_bytes(b"half")
+    (tmp_path / "notes.tmp").write_text("mine")
+    remove_orphaned_temp_files(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.tmp"]
+
+
+def test_run_log_writes_nan_as_null_and_restores_a_lost_epoch_line(tmp_path):
+    log = RunLog(tmp_path / "metrics.jsonl")
+    log.start({"event": "start"})
+    log.write({"epoch": 1, "val_miou": float("nan"), "loss": torch.tensor(0.5)})
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[1]) == {"epoch": 1, "val_miou": None, "loss": 0.5}
+    log.ensure_epoch({"epoch": 1, "val_miou": 0.3})           # already there: kept once
+    log.ensure_epoch({"epoch": 2, "val_miou": 0.4})           # lost by a kill: written
+    assert [r.get("epoch") for r in log.records()] == [None, 1, 2]
+
+
+def test_checkpoints_of_earlier_versions_with_numpy_state_still_load(tmp_path):
+    # earlier versions stored numpy's RNG state (an ndarray) and numpy scalars as they are
+    np.random.seed(5)
+    old = {"model": {}, "args": {"model": "bisenet"}, "best_miou": np.float64(0.25),
+           "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                   "torch": torch.get_rng_state()}}
+    path = tmp_path / "old.pth"
+    torch.save(old, path)
+    state = load_checkpoint(path)
+    assert state["best_miou"] == 0.25
+    expected = np.random.rand()
+    set_rng_state(state["rng"])
+    np.random.seed(0)           # set_rng_state must restore what was saved, not this
+    set_rng_state(state["rng"])
+    assert np.random.rand() == expected

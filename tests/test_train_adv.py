@@ -18,6 +18,16 @@ def cpu_run(tmp_path):
     return Run(args, "test")
 
 
+def step(*optimizers):
+    for opt in optimizers:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def adv_args(lambda_adv=0.001):
+    return argparse.Namespace(lambda_adv=lambda_adv, lambda_pseudo=1.0, pseudo=None)
+
+
 def batch(seed, labelled=True, size=(64, 96)):
     g = torch.Generator().manual_seed(seed)
     b = {"image": torch.randint(0, 256, (2, 3, *size), generator=g, dtype=torch.uint8)}
@@ -40,13 +50,13 @@ def test_one_iteration_updates_both_and_step2_leaves_d_alone(tmp_path):
     model, disc = build_model("bisenet", 19, "resnet18").train(), build_discriminator("dsc")
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.9, 0.99))
-    args = argparse.Namespace(lambda_adv=0.001, lambda_pseudo=1.0)
+    args = adv_args()
     criterion = torch.nn.CrossEntropyLoss(ignore_index=255)
     m0, d0 = snapshot(model), snapshot(disc)
 
     # the domains' working sizes differ, as GTA5's and Cityscapes' do
     src_prob, trg_prob, losses = train_adv.segmenter_step(
-        run, model, disc, criterion, batch(1), batch(2, labelled=False, size=(48, 80)), args)
+        run, model, disc, criterion, batch(1), batch(2, labelled=False, size=(48, 80)), 0, args)
     # step 2 passed gradients through D to the segmenter, never into D
     assert all(p.grad is None for p in disc.parameters())
     assert not changed(d0, disc)
@@ -54,31 +64,50 @@ def test_one_iteration_updates_both_and_step2_leaves_d_alone(tmp_path):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
     assert src_prob.shape == (2, 19, 64, 96) and trg_prob.shape == (2, 19, 48, 80)
     assert not src_prob.requires_grad and not trg_prob.requires_grad
-    assert losses["loss_adv"] > 0
+    # L_adv = BCE(D(P_t), source label 0) = mean softplus(D logits), computed independently
+    with torch.no_grad():
+        expected = torch.nn.functional.softplus(disc(trg_prob)).mean()
+    assert losses["loss_adv"].item() == pytest.approx(expected.item(), rel=1e-5)
 
     seg_grads = [p.grad.clone() for p in model.parameters()]
     d_losses = train_adv.discriminator_step(run, disc, src_prob, trg_prob)
     assert all(torch.equal(g, p.grad) for g, p in zip(seg_grads, model.parameters(),
                                                       strict=True))  # D step: no leak
     assert all(p.grad is not None for p in disc.parameters())
-    assert 0 <= d_losses["d_acc_source"] <= 1
-    run.step(opt, opt_d)
+    # D's accuracy on each domain, by hand: source maps called source (logit < 0), target
+    # maps called target (logit > 0)
+    with torch.no_grad():
+        acc_src = (disc(src_prob) < 0).float().mean().item()
+        acc_trg = (disc(trg_prob) > 0).float().mean().item()
+    assert d_losses["d_acc_source"].item() == acc_src
+    assert d_losses["d_acc_target"].item() == acc_trg
+    step(opt, opt_d)
     assert changed(m0, model) and changed(d0, disc)
 
 
-def test_adversarial_gradient_reaches_segmenter_only_through_d(tmp_path):
-    """With lambda_adv = 0 the target pass adds nothing; with it, the segmenter grads move."""
+def test_adversarial_step_makes_target_maps_look_like_source_to_d(tmp_path):
+    """Step 2 (AdaptSegNet Eq. 4): the segmenter moves so that D calls target maps 'source'
+    (label 0, i.e. lower D logits). Swapping the domain labels makes D's logits rise."""
     run = cpu_run(tmp_path)
-    grads = []
-    for lam in (0.0, 1.0):
-        torch.manual_seed(0)
-        model, disc = build_model("bisenet", 19, "resnet18").train(), build_discriminator("fcd")
-        args = argparse.Namespace(lambda_adv=lam, lambda_pseudo=1.0)
-        train_adv.segmenter_step(run, model, disc, torch.nn.CrossEntropyLoss(),
-                                 batch(1), batch(2, labelled=False), args)
-        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()
-                                if p.grad is not None]))
-    assert not torch.equal(grads[0], grads[1])
+    torch.manual_seed(0)
+    model, disc = build_model("bisenet", 19, "resnet18").train(), build_discriminator("fcd")
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    target = batch(2, labelled=False)
+
+    def d_on_target():   # train mode, as in the step (batch statistics, not running ones)
+        with torch.no_grad():
+            main = model(train_adv.normalize(target["image"]))[0]
+            return disc(main.softmax(1)).mean().item()
+
+    def zero_seg_loss(logits, labels):        # isolate the adversarial term
+        return 0.0 * logits.sum()
+    before = d_on_target()
+    for i in range(3):
+        train_adv.segmenter_step(run, model, disc, zero_seg_loss, batch(1), target, i,
+                                 adv_args(lambda_adv=1.0))
+        step(opt)
+    assert d_on_target() < before - 1e-4
+    assert all(p.grad is None for p in disc.parameters())
 
 
 def test_discriminator_learns_on_a_fixed_pair(tmp_path):
@@ -92,7 +121,7 @@ def test_discriminator_learns_on_a_fixed_pair(tmp_path):
     losses = []
     for _ in range(60):  # DSC sits near ln 2 for ~20 steps, then learns
         losses.append(train_adv.discriminator_step(run, disc, src, trg)["loss_d"].item())
-        run.step(opt_d)
+        step(opt_d)
     assert losses[-1] < 0.2 * losses[0]
     final = train_adv.discriminator_step(run, disc, src, trg)
     assert final["d_acc_source"] > 0.9 and final["d_acc_target"] > 0.9
@@ -116,8 +145,8 @@ def test_runs_on_unlabelled_target_and_resumes_exactly(tiny_demo, tmp_path, disc
     train_adv.main(train_adv.parse_args(common + ["--out", str(split), "--stop-after", "1"]))
     train_adv.main(train_adv.parse_args(common + ["--out", str(split), "--resume",
                                                   str(split / "last.pth")]))
-    a = torch.load(straight / "last.pth", weights_only=False)
-    b = torch.load(split / "last.pth", weights_only=False)
+    a = torch.load(straight / "last.pth", weights_only=True)
+    b = torch.load(split / "last.pth", weights_only=True)
     for part in ("model", "disc"):
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)

@@ -27,7 +27,9 @@ from core.labels import (
 )
 
 FORMAT_VERSION = 1  # bump whenever the generated pictures change, so ensure_demo regenerates
-DEMO_ROOT = Path(__file__).resolve().parents[2] / "data" / "demo"   # <repo>/core/demo/write.py
+# <repo>/data/demo; SEGDA_DEMO_ROOT moves it (the tests put it in a temporary folder).
+DEMO_ROOT = Path(os.environ.get("SEGDA_DEMO_ROOT")
+                 or Path(__file__).resolve().parents[2] / "data" / "demo")
 
 SOURCE_SIZE = (288, 512)  # H x W: GTA-like 16:9
 TARGET_SIZE = (256, 512)  # Cityscapes 2:1

@@ -1,8 +1,15 @@
-"""DeepLab-v2 with ResNet-101 (Chen et al., TPAMI 2017), as the DeepLab UDA codebases build it.
+"""DeepLab-v2 with ResNet-101 (Chen et al., TPAMI 2017), as the DeepLab UDA codebases build it,
+with the strides where the ImageNet weights we load expect them.
 
-- Backbone: the Caffe/DeepLab ResNet-101: stride in the first 1x1 conv of a bottleneck,
-  max-pool with ceil_mode, output stride 8 by dilation (layer3 rate 2, layer4 rate 4, every
-  block of the layer). A 512x1024 input gives 65x129 logits.
+- Backbone: ResNet-101 with max-pool in ceil_mode and output stride 8 by dilation (layer3
+  rate 2, layer4 rate 4, every block of the layer). A 512x1024 input gives 65x129 logits.
+- Where the stride of a downsampling bottleneck sits (`style`, the names mmcv uses):
+  'caffe', the original DeepLab/Caffe ResNet the UDA code bases build, puts it in the first
+  1x1 conv; 'pytorch' (the default) puts it in the 3x3 conv, as torchvision's ResNet-101 v1.5
+  weights, the only initialisation this project loads (core/models/pretrained.py), expect.
+  Same parameters and output size; only layer2's first block computes differently (its 1x1
+  conv runs at 1/4 scale, then the 3x3 conv strides). A checkpoint records the style
+  (`core.models.model_options`); those written before the option existed used 'caffe'.
 - Classifier: ASPP-L (sec. 3.3, Fig. 4/7): four 3x3 convs with rates 6/12/18/24 on the same
   feature, their class scores SUMMED. (AdaptSegNet's `Classifier_Module`, copied widely, has a
   `return` inside its loop and sums only the first two branches; not reproduced here.)
@@ -19,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+RESNET_STYLES = ("pytorch", "caffe")  # stride in the 3x3 conv / in the first 1x1 conv
 
 
 class FrozenBatchNorm2d(nn.BatchNorm2d):
@@ -41,11 +50,13 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
-                 downsample: nn.Module | None = None):
+                 downsample: nn.Module | None = None, style: str = "pytorch"):
         super().__init__()
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False)  # Caffe: stride here
+        stride_1x1, stride_3x3 = (stride, 1) if style == "caffe" else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride_1x1, bias=False)
         self.bn1 = FrozenBatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride_3x3, padding=dilation,
+                               dilation=dilation, bias=False)
         self.bn2 = FrozenBatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
         self.bn3 = FrozenBatchNorm2d(planes * 4)
@@ -61,11 +72,13 @@ class Bottleneck(nn.Module):
 
 
 class DeepLabResNet(nn.Module):
-    """ResNet-101 at output stride 8. State-dict keys match torchvision's ResNet (minus 'fc.')
-    and, after stripping 'Scale.', the DeepLab initialisation files."""
+    """ResNet-101 at output stride 8. State-dict keys match torchvision's ResNet (minus 'fc.')."""
 
-    def __init__(self, layers=(3, 4, 23, 3)):
+    def __init__(self, layers=(3, 4, 23, 3), style: str = "pytorch"):
         super().__init__()
+        if style not in RESNET_STYLES:
+            raise ValueError(f"ResNet style {style!r}: expected one of {RESNET_STYLES}")
+        self.style = style
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
         self.bn1 = FrozenBatchNorm2d(64)
         self.relu = nn.ReLU(inplace=True)
@@ -88,7 +101,7 @@ class DeepLabResNet(nn.Module):
                           bias=False),
                 FrozenBatchNorm2d(planes * Bottleneck.expansion),
             )
-        layers = [Bottleneck(self.inplanes, planes, stride, dilation, downsample)]
+        layers = [Bottleneck(self.inplanes, planes, stride, dilation, downsample, self.style)]
         self.inplanes = planes * Bottleneck.expansion
         layers += [Bottleneck(self.inplanes, planes, dilation=dilation) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
@@ -121,18 +134,22 @@ class ASPPClassifier(nn.Module):
 
 class DeepLabV2(nn.Module):
     """Training mode: a 1-tuple (logits,); eval mode: logits. Upsampled (bilinear,
-    align_corners=False) from 1/8 to the input size."""
+    align_corners=False) from 1/8 to the input size, or left at 1/8 with upsample=False.
+    `style`: where the backbone's strides sit (module docstring)."""
 
-    def __init__(self, num_classes: int = 19, backbone: str = "resnet101"):
+    def __init__(self, num_classes: int = 19, backbone: str = "resnet101",
+                 style: str = "pytorch"):
         super().__init__()
         if backbone != "resnet101":
             raise ValueError(f"DeepLabV2 is built on resnet101, not {backbone}")
-        self.backbone = DeepLabResNet()
+        self.backbone = DeepLabResNet(style=style)
         self.classifier = ASPPClassifier(self.backbone.out_channels, num_classes)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, upsample: bool = True):
         logits = self.classifier(self.backbone(x))
-        logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        if upsample:
+            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear",
+                                   align_corners=False)
         return (logits,) if self.training else logits
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:

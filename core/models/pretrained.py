@@ -2,11 +2,23 @@
 
 - 'imagenet': torchvision's ImageNet weights (IMAGENET1K_V1) read from the torch hub cache,
   `torch.hub.get_dir()/checkpoints/<file name of the weights' URL>`. Absent (offline) -> a
-  PretrainedWeightsError saying which file to put where.
-- a path: a torchvision ResNet state dict, or the DeepLab initialisation file that the
-  DeepLab-v2 UDA codebases distribute (keys 'Scale.conv1.weight', ..., 'Scale.layer5.*').
-  'Scale.' is stripped; the classifiers ('layer5', 'fc') are skipped; every other backbone key
+  PretrainedWeightsError saying which file to put where. torchvision's ResNets are v1.5 (a
+  bottleneck's stride in its 3x3 conv); DeepLabV2 puts its strides there too (its `style`).
+- a path: a torchvision ResNet state dict. Its 'fc.' classifier is skipped; every backbone key
   must be present with the right shape, and nothing else may be there.
+- STDC (`--model stdc`): the authors' ImageNet checkpoints (MichaelFan01/STDC-Seg, README),
+  STDCNet813M_73.91.tar (stdc1) and STDCNet1446_76.47.tar (stdc2): torch files (not tar
+  archives) holding {"state_dict": ...} with the classifier network's keys. 'imagenet' reads
+  that file from the same hub cache folder; a path may name it anywhere. Its ImageNet tail
+  (conv_last, fc, bn, linear; STDC-Seg runs with use_conv_last off) and the x2..x32 stage
+  aliases of `features` are skipped; the same fit check applies to the `features.*` keys.
+
+Refused: the Caffe-converted DeepLab initialisation file that the DeepLab-v2 UDA code bases
+distribute (keys 'Scale.conv1.weight', ..., 'Scale.layer5.*'). Those weights expect BGR input
+on the 0-255 scale minus the mean (104.00, 116.67, 122.68) with no division by a std, and
+their BatchNorm statistics are frozen at that scale; every model here is fed ImageNet-
+normalised RGB (`core.transforms.normalize`), about 58x smaller with R and B swapped. Loading
+the file would start training from a network that sees the wrong input.
 """
 from __future__ import annotations
 
@@ -23,11 +35,19 @@ IMAGENET_WEIGHTS = {
     "resnet18": ResNet18_Weights.IMAGENET1K_V1,
     "resnet101": ResNet101_Weights.IMAGENET1K_V1,
 }
-SKIPPED_PREFIXES = ("layer5.", "fc.")  # DeepLab ASPP classifier, ImageNet classifier
+SKIPPED_PREFIXES = ("fc.",)  # the ImageNet classifier
+STDC_FILES = {"stdc1": "STDCNet813M_73.91.tar", "stdc2": "STDCNet1446_76.47.tar"}
+STDC_SOURCE = "the STDC-Seg authors' release, linked from github.com/MichaelFan01/STDC-Seg"
+STDC_SKIPPED_PREFIXES = ("conv_last.", "fc.", "bn.", "linear.",   # the ImageNet tail
+                         "x2.", "x4.", "x8.", "x16.", "x32.")     # aliases of features.*
+CAFFE_DEEPLAB_PREFIXES = ("Scale.", "layer5.")  # the DeepLab init file's keys (refused)
 
 
 def imagenet_weights_file(backbone: str) -> Path:
-    """Where torchvision would cache the ImageNet weights of `backbone`."""
+    """Where torchvision would cache the ImageNet weights of `backbone` (STDC: the authors'
+    file, in the same folder)."""
+    if backbone in STDC_FILES:
+        return Path(torch.hub.get_dir()) / "checkpoints" / STDC_FILES[backbone]
     url = IMAGENET_WEIGHTS[backbone].url
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(url)
 
@@ -39,9 +59,10 @@ def load_backbone_weights(module: nn.Module, backbone: str, pretrained: str | No
     if pretrained == "imagenet":
         path = imagenet_weights_file(backbone)
         if not path.is_file():
+            source = STDC_SOURCE if backbone in STDC_FILES else IMAGENET_WEIGHTS[backbone].url
             raise PretrainedWeightsError(
                 f"--pretrained imagenet: {backbone} weights are not in the torch hub cache and "
-                f"nothing is downloaded. Put {path.name} (from {IMAGENET_WEIGHTS[backbone].url}) "
+                f"nothing is downloaded. Put {path.name} (from {source}) "
                 f"at {path}, or pass --pretrained /path/to/weights.pth")
     else:
         path = Path(pretrained)
@@ -49,20 +70,24 @@ def load_backbone_weights(module: nn.Module, backbone: str, pretrained: str | No
             raise PretrainedWeightsError(
                 f"--pretrained {pretrained}: no such file (expected 'none', 'imagenet' or the "
                 "path to a .pth state dict)")
-    state = backbone_state_dict(_read_state_dict(path))
+    state = _read_state_dict(path)
+    if any(key.startswith(CAFFE_DEEPLAB_PREFIXES) for key in state):
+        raise PretrainedWeightsError(
+            f"--pretrained {path}: this is a Caffe-converted DeepLab initialisation ('Scale.' "
+            "/ 'layer5.' keys), whose weights expect BGR 0-255 input minus the mean (104.00, "
+            "116.67, 122.68) with no std; every model here is fed ImageNet-normalised RGB. Use "
+            "--pretrained imagenet (torchvision's ResNet-101) or a torchvision state dict")
+    state = backbone_state_dict(state, backbone)
     _check_fits(module, state, path, backbone)
     module.load_state_dict(state, strict=False)  # strictness checked above, with a clear message
     return path
 
 
-def backbone_state_dict(state: dict) -> dict:
-    """Keys as the backbone names them: 'Scale.' stripped, classifier keys dropped."""
-    out = {}
-    for key, value in state.items():
-        key = key.removeprefix("Scale.")
-        if not key.startswith(SKIPPED_PREFIXES):
-            out[key] = value
-    return out
+def backbone_state_dict(state: dict, backbone: str = "resnet18") -> dict:
+    """The backbone's part of a torchvision ResNet or an STDC ImageNet state dict (classifier
+    keys dropped)."""
+    skipped = STDC_SKIPPED_PREFIXES if backbone in STDC_FILES else SKIPPED_PREFIXES
+    return {key: value for key, value in state.items() if not key.startswith(skipped)}
 
 
 def _read_state_dict(path: Path) -> dict:
@@ -70,6 +95,8 @@ def _read_state_dict(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and weights_only errors all mean "not a state dict"
         raise PretrainedWeightsError(f"cannot read {path} as a state dict: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]  # the STDC authors' checkpoint format
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise PretrainedWeightsError(f"{path} is not a state dict (a dict of tensors)")
     return state
