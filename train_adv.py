@@ -1,9 +1,9 @@
 """Adversarial output-space adaptation (AdaptSegNet, Tsai et al. 2018), single level.
 
-Step 3 of the brief: adapt a segmenter from labelled GTA5 to unlabelled Cityscapes by
-training it to make its softmax maps on target images look like those on source images to
-a discriminator: the fully convolutional one (`fcd`) or its depthwise-separable light
-version (`dsc`).
+Step 3 of the course project (README): adapt a segmenter from labelled GTA5 to unlabelled
+Cityscapes by training it to make its softmax maps on target images look like those on
+source images to a discriminator: the fully convolutional one (`fcd`) or its
+depthwise-separable light version (`dsc`).
 
     python train_adv.py --source-root data/GTA5 --target-root data/Cityscapes --disc fcd
     python train_adv.py --source-root data/GTA5 --target-root data/Cityscapes --disc dsc \\
@@ -115,7 +115,7 @@ def main(args):
              "source_stream": source_stream, "target_stream": target_stream}
     run.open_folder()
     start = resume(run, args, parts)        # the epoch and step to continue from
-    best_miou, session = start.best_miou, Session(args, run)   # --save-every, --time-limit
+    best_miou, session = start.best_miou, Session(args, run, parts)  # logs, mid-epoch saves
     log_discriminator_profile(run, unwrap(disc), args)
 
     ## train loop
@@ -139,13 +139,10 @@ def main(args):
             scheduler_d.step()
             meter.add(**losses)
             bar.set_postfix(meter.postfix("loss_seg", "loss_adv", "loss_d"))
-            session.log_iteration(epoch, iteration, meter, scheduler)
-            if session.save_due(iteration + 1):     # mid-epoch: --save-every, --time-limit near
-                run.save(checkpoint_state(run, args, parts, epoch - 1, iteration + 1, best_miou,
-                                          step=i + 1, meter=meter), is_best=False)
-            if session.out_of_time():
+            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)  # log, save
+            if session.out_of_time():       # --time-limit: a mid-epoch checkpoint was saved
                 break
-        if session.out_of_time():                   # saved: --resume continues mid-epoch
+        if session.out_of_time():
             break
 
         ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log

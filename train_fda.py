@@ -1,8 +1,8 @@
 """Image-to-image translation for adaptation: FDA (Yang & Soatto 2020) or LAB (He et al. 2021).
 
-Step 4 of the brief. Each iteration gives the source batch the style of a random target
-batch, trains on it with the source labels, and lowers the entropy of the target
-predictions; with --pseudo it also fits target pseudo labels (a self-training round).
+Step 4 of the course project (README). Each iteration gives the source batch the style of
+a random target batch, trains on it with the source labels, and lowers the entropy of the
+target predictions; with --pseudo it also fits target pseudo labels (a self-training round).
 
     # FDA at the paper's three betas (one model each), then their multi-band ensemble
     for b in 0.01 0.05 0.09; do
@@ -95,7 +95,7 @@ def main(args):
              "source_stream": source_stream, "target_stream": target_stream}
     run.open_folder()
     start = resume(run, args, parts)        # the epoch and step to continue from
-    best_miou, session = start.best_miou, Session(args, run)   # --save-every, --time-limit
+    best_miou, session = start.best_miou, Session(args, run, parts)  # logs, mid-epoch saves
 
     ## train loop
     for epoch in range(start.epoch, session.last_epoch):
@@ -113,13 +113,10 @@ def main(args):
             scheduler.step()
             meter.add(**losses)
             bar.set_postfix(meter.postfix("loss_seg", "loss_ent"))
-            session.log_iteration(epoch, iteration, meter, scheduler)
-            if session.save_due(iteration + 1):     # mid-epoch: --save-every, --time-limit near
-                run.save(checkpoint_state(run, args, parts, epoch - 1, iteration + 1, best_miou,
-                                          step=i + 1, meter=meter), is_best=False)
-            if session.out_of_time():
+            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)  # log, save
+            if session.out_of_time():       # --time-limit: a mid-epoch checkpoint was saved
                 break
-        if session.out_of_time():                   # saved: --resume continues mid-epoch
+        if session.out_of_time():
             break
 
         ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log

@@ -146,7 +146,7 @@ def main(args):
              source_stream, "target_stream": target_stream, "fb_stream": fb_stream}
     run.open_folder()
     start = resume(run, args, parts)        # the epoch and step to continue from
-    best_miou, session = start.best_miou, Session(args, run)   # --save-every, --time-limit
+    best_miou, session = start.best_miou, Session(args, run, parts)  # logs, mid-epoch saves
 
     ## train loop
     for epoch in range(start.epoch, session.last_epoch):
@@ -178,13 +178,10 @@ def main(args):
             meter.add(**losses, h=h, h_positive=(h > 0).float(),
                       kept=(pseudo != IGNORE_INDEX).float().mean())
             bar.set_postfix(meter.postfix("loss_pseudo", "loss_t_source", "h"))
-            session.log_iteration(epoch, iteration, meter, scheduler)
-            if session.save_due(iteration + 1):     # mid-epoch: --save-every, --time-limit near
-                run.save(checkpoint_state(run, args, parts, epoch - 1, iteration + 1, best_miou,
-                                          step=i + 1, meter=meter), is_best=False)
-            if session.out_of_time():
+            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)  # log, save
+            if session.out_of_time():       # --time-limit: a mid-epoch checkpoint was saved
                 break
-        if session.out_of_time():                   # saved: --resume continues mid-epoch
+        if session.out_of_time():
             break
 
         ## epoch tail: validate the student, keep the best, save (best.pth, last.pth), then log

@@ -1,7 +1,7 @@
 """Source-only training: the upper bound (Cityscapes) and the domain-shift baseline (GTA5).
 
-Steps 2 and 3 of the brief. Train BiSeNet or DeepLabV2 with a supervised segmentation loss
-on one labelled dataset and validate on Cityscapes val after every epoch.
+Steps 2 and 3 of the course project (README). Train a segmenter with a supervised loss on
+one labelled dataset and validate on Cityscapes val after every epoch.
 
     # upper bound: train and validate on Cityscapes
     python train_source.py --source cityscapes --source-root data/Cityscapes --out runs/city
@@ -53,7 +53,7 @@ def main(args):
              "source_stream": source_stream}
     run.open_folder()
     start = resume(run, args, parts)        # the epoch and step to continue from
-    best_miou, session = start.best_miou, Session(args, run)   # --save-every, --time-limit
+    best_miou, session = start.best_miou, Session(args, run, parts)  # logs, mid-epoch saves
 
     ## train loop
     for epoch in range(start.epoch, session.last_epoch):
@@ -74,13 +74,10 @@ def main(args):
             scheduler.step()
             meter.add(loss=loss)
             bar.set_postfix(meter.postfix("loss"), lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            session.log_iteration(epoch, iteration, meter, scheduler)
-            if session.save_due(iteration + 1):     # mid-epoch: --save-every, --time-limit near
-                run.save(checkpoint_state(run, args, parts, epoch - 1, iteration + 1, best_miou,
-                                          step=i + 1, meter=meter), is_best=False)
-            if session.out_of_time():
+            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)  # log, save
+            if session.out_of_time():       # --time-limit: a mid-epoch checkpoint was saved
                 break
-        if session.out_of_time():                   # saved: --resume continues mid-epoch
+        if session.out_of_time():
             break
 
         ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log

@@ -44,7 +44,7 @@ DEMO_SETTINGS = {"source_size": (144, 256), "target_size": (128, 256), "val_size
                  "epochs": 10, "pretrained": "none"}
 # Working sizes (H, W) of the UDA literature: GTA5 at 1280x720, Cityscapes at 1024x512.
 DATASET_SIZES = {"gta5": (720, 1280), "cityscapes": (512, 1024)}
-DEFAULT_EPOCHS = 50       # the brief's
+DEFAULT_EPOCHS = 50       # the course project's
 # Flags that a resumed run may change: they do not change what the run computes.
 SESSION_FLAGS = ("resume", "out", "stop_after", "workers", "prepared", "device", "demo",
                  "log_every", "save_every", "time_limit")
@@ -133,8 +133,8 @@ def add_optim_args(p):
     g.add_argument("--loss", choices=("ce", "focal", "weighted-ce"), default="ce")
     g.add_argument("--focal-gamma", type=float, default=2.0)
     g.add_argument("--epochs", type=positive_int, default=None,
-                   help=f"default {DEFAULT_EPOCHS} (the brief's), {DEMO_SETTINGS['epochs']} "
-                        f"with --demo")
+                   help=f"default {DEFAULT_EPOCHS} (the course project's), "
+                        f"{DEMO_SETTINGS['epochs']} with --demo")
     g.add_argument("--poly-iters", type=positive_int, default=None, metavar="ITERS",
                    help="horizon of the poly LR decay (default: the run's length, so the LR "
                         "reaches 0; the official UDA runs stop early, e.g. AdaptSegNet at "

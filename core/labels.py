@@ -75,7 +75,7 @@ def colors_to_trainids(rgb):
     """Map an H x W x 3 uint8 colour-coded label to train ids; unknown colours -> 255.
 
     Colour is ambiguous for polegroup (pole's colour) and licence plate (car's colour): such
-    pixels take the train id of the colour, as the reference sheet prescribes.
+    pixels take the train id of the colour (the colour alone cannot tell them apart).
     """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3:

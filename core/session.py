@@ -1,11 +1,9 @@
 """What one session of a run does besides training: when it logs, saves and stops.
 
-    session = Session(args, run)
+    session = Session(args, run, parts)
     for epoch in range(start.epoch, session.last_epoch):
         ...
-            session.log_iteration(epoch, iteration, meter, scheduler)  # every --log-every
-            if session.save_due(iteration + 1):   # every --save-every steps, or --time-limit near
-                run.save(checkpoint_state(...mid-epoch...), is_best=False)
+            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)
             if session.out_of_time():             # --time-limit: saved just before
                 break
 
@@ -17,20 +15,32 @@ import time
 import torch
 import torch.distributed as dist
 
+from core.checkpoint import checkpoint_state
+
 # Time kept in reserve before --time-limit: a few of the slowest steps seen, plus a save.
 SLOWEST_STEPS_KEPT = 3
 SAVE_SECONDS_GUESS = 30.0
 
 
 class Session:
-    def __init__(self, args, run):
-        self.run = run
+    def __init__(self, args, run, parts):
+        self.args, self.run, self.parts = args, run, parts
         self.last_epoch = min(args.epochs, args.stop_after or args.epochs)
         self.log_every = getattr(args, "log_every", None)
         self.save_every = getattr(args, "save_every", None)
         limit = getattr(args, "time_limit", None)
         self.deadline = None if limit is None else time.monotonic() + 60 * limit
         self._last, self._slowest, self._stop = time.monotonic(), 0.0, False
+
+    def after_step(self, epoch, step, iteration, meter, scheduler, best_miou):
+        """After optimiser step `iteration` (step `step` of `epoch`): the running losses to
+        metrics.jsonl every --log-every steps; last.pth every --save-every steps, and before
+        --time-limit, as a mid-epoch checkpoint that --resume continues exactly."""
+        self.log_iteration(epoch, iteration, meter, scheduler)
+        if self.save_due(iteration + 1):
+            state = checkpoint_state(self.run, self.args, self.parts, epoch - 1, iteration + 1,
+                                     best_miou, step=step + 1, meter=meter)
+            self.run.save(state, is_best=False)
 
     def log_iteration(self, epoch, iteration, meter, scheduler):
         """Every --log-every steps a metrics.jsonl line with the epoch's running loss means

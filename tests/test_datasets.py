@@ -15,7 +15,7 @@ from core.transforms import IMAGENET_MEAN, IMAGENET_STD, build_transforms, denor
 
 H, W = 16, 32
 
-# Cityscapes label id -> train id, copied from the reference table (methods.md section 1);
+# Cityscapes label id -> train id, copied from cityscapesScripts' labels.py table;
 # every id not listed is ignore (255).
 EXPECTED_TRAIN_ID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10,
                      24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}

@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import tiny_args
 
+import core.session
 import train_adv
 import train_source
 
@@ -55,7 +56,7 @@ def test_save_every_writes_mid_epoch_checkpoints_that_resume_exactly(tiny_demo, 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train_adv.main(train_adv.parse_args(common + ["--out", str(straight)]))
     saved = []
-    real = train_adv.checkpoint_state
+    real = core.session.checkpoint_state
 
     def dies_after_second_save(*args, **kwargs):
         state = real(*args, **kwargs)
@@ -63,7 +64,7 @@ def test_save_every_writes_mid_epoch_checkpoints_that_resume_exactly(tiny_demo, 
         if len(saved) == 2:
             raise KeyboardInterrupt("killed")     # after step 3's checkpoint was built
         return state
-    monkeypatch.setattr(train_adv, "checkpoint_state", dies_after_second_save)
+    monkeypatch.setattr(core.session, "checkpoint_state", dies_after_second_save)
     with pytest.raises(KeyboardInterrupt):
         train_adv.main(train_adv.parse_args(common + ["--out", str(killed), "--save-every", "2"]))
     monkeypatch.undo()

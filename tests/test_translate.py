@@ -13,7 +13,7 @@ BETAS = (0.0, 0.01, 0.05, 0.09, 0.3)
 
 
 def fda_reference(src, trg, beta):
-    """methods.md sec. 5, written out with numpy for one (C, H, W) image, channel by channel."""
+    """FDA's numpy reference (Yang & Soatto 2020, their code), for one (C, H, W) image."""
     out = np.empty_like(src, dtype=np.float64)
     h, w = src.shape[-2:]
     b = int(np.floor(min(h, w) * beta))

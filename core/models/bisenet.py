@@ -1,7 +1,7 @@
 """BiSeNet (Yu et al., ECCV 2018): a spatial path and a ResNet context path, fused.
 
 We follow the variant most GTA5 -> Cityscapes course code builds on (ooooverflow/BiSeNet,
-`model/build_BiSeNet.py`), which the brief's tables and the course reports used: modules as in
+`model/build_BiSeNet.py`), which the course project's tables and reports used: modules as in
 the paper's Fig. 2 (FFM: concat -> conv-BN-ReLU -> pool -> 1x1 -> ReLU -> 1x1 -> sigmoid,
 out = f + f * a), the fusion module outputs `num_classes` channels directly, a final 1x1 conv,
 and 1x1 auxiliary heads on the 1/16 and 1/32 context features that exist only in training
