@@ -111,6 +111,9 @@ class Run:
         self.rank, self.world_size, self.local_rank = self._init_distributed(args)
         self.is_main = self.rank == 0
         self.device = select_device(args.device, self.local_rank)
+        if getattr(args, "sync_bn", False) and self.device.type != "cuda":
+            raise ConfigError("--sync-bn synchronises BatchNorm statistics between GPUs "
+                              "(torchrun with NCCL); it needs --device cuda")
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True  # fixed working sizes: pick fast kernels

@@ -267,6 +267,12 @@ def test_one_line_strips_a_worker_traceback():
     assert one_line(error) == "cannot decode a.png"
 
 
+def test_sync_bn_without_a_gpu_is_a_clear_error(tiny_demo, tmp_path):
+    fails(train_source.main, train_source.parse_args,
+          tiny_args(tiny_demo, tmp_path / "run", "--sync-bn", "--device", "cpu"),
+          "--sync-bn .* needs --device cuda")
+
+
 def test_crop_larger_than_the_image_and_tiny_discriminator_input(tiny_demo, tmp_path, capsys):
     with pytest.raises(SystemExit):
         train_source.parse_args(tiny_args(tiny_demo, tmp_path / "x", "--crop", 100, 100))

@@ -115,6 +115,9 @@ def test_gen_pseudo_thresholds_files_and_self_training(fda_run, tiny_demo, tmp_p
     for item in pairs:
         values = set(np.unique(item["label"].numpy()).tolist())
         assert values <= set(range(19)) | {255}
+    # palette PNGs: pixel values are the train ids, the palette their Cityscapes colours
+    first = Image.open(next(out.rglob("*.png")))
+    assert first.mode == "P" and first.getpalette()[:6] == [128, 64, 128, 244, 35, 232]
     # an ensemble of the same model twice writes the same labels as the model alone
     twice = tmp_path / "twice"
     gen_pseudo.main(gen_pseudo.parse_args([str(ckpt), str(ckpt), "--out", str(twice),
