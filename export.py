@@ -124,11 +124,7 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     cli.add_device_arg(p)
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.is_dir():
-        p.error(f"--out {out} is a folder: expected the path of the .onnx file to write")
-    if out.exists() and not args.overwrite:
-        p.error(f"--out {out} exists: pass --overwrite to replace it, or choose another path")
+    cli.check_output_file(p, args.out, args.overwrite, "the .onnx file")
     return args
 
 

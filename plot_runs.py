@@ -158,11 +158,7 @@ def parse_args(argv=None):
     p.add_argument("--dpi", type=cli.positive_int, default=110)
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
-    out = Path(args.out)
-    if out.is_dir():
-        p.error(f"--out {out} is a folder: expected the path of the PNG to write")
-    if out.exists() and not args.overwrite:
-        p.error(f"--out {out} exists: pass --overwrite to replace it, or choose another path")
+    cli.check_output_file(p, args.out, args.overwrite, "the PNG")
     return args
 
 

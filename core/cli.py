@@ -58,6 +58,17 @@ def new_parser(doc):
                                    epilog=doc)
 
 
+def check_output_file(parser, path, overwrite, what):
+    """--out names a file to write: never a folder, never an existing file unless --overwrite."""
+    out = Path(path)
+    if out.is_dir():
+        parser.error(f"--out {out} is a folder: expected the path of {what} to write")
+    if out.exists() and not overwrite:
+        parser.error(f"--out {out} exists: pass --overwrite to replace it, or choose another "
+                     f"path")
+    return out
+
+
 def positive_int(text):
     value = int(text)
     if value < 1:
