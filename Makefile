@@ -15,8 +15,11 @@ $(VENV)/installed: requirements.txt
 # The demo scores last.pth: best.pth is picked on target val labels (an oracle choice in UDA).
 # An earlier demo run is continued (a finished one is just evaluated), never deleted.
 demo: $(VENV)/installed
-	if [ -f $(DEMO)/source/last.pth ]; then $(PY) train_source.py --resume $(DEMO)/source/last.pth; \
-	else $(PY) train_source.py --demo --out $(DEMO)/source; fi
+	@if [ -f $(DEMO)/source/last.pth ]; then \
+		echo "continuing the earlier demo run in $(DEMO)/source"; \
+		$(PY) train_source.py --resume $(DEMO)/source/last.pth; \
+	else echo "training BiSeNet-R18 on the demo source (about 5-10 min on 2 CPU cores)"; \
+		$(PY) train_source.py --demo --out $(DEMO)/source; fi
 	$(PY) evaluate.py $(DEMO)/source/last.pth --markdown
 	$(PY) evaluate.py $(DEMO)/source/last.pth --dataset gta5 --data-root data/demo/gta5 \
 		--split val --size 144 256
