@@ -15,7 +15,8 @@ Each iteration (Pham et al. sec. 2, "Practical approximation", and Appendix A):
      --student-source-weight * CE(S(x_s), y_s), x_s another source batch (B_fb is not trained
      on: the feedback must measure the teacher's labels, not the student's own source step);
   3. h = CE_S'(B_fb) - CE_S(B_fb), after minus before (--h-sign theory: before minus after);
-  4. teacher_step: L_T = CE_T(B_fb) + h * CE(T(strong), y^) + w_uda * UDA consistency.
+  4. teacher_step: L_T = CE_T(B_fb) + w_mpl * h * CE(T(strong), y^) + w_uda * UDA consistency
+     (--mpl-weight 0: the same teacher training without the student's feedback, a control).
 The sign of h: Appendix A's h = eta_S * grad CE_l(S')^T grad CE(y^, S(x_u)) is, to first
 order, CE_l(S) - CE_l(S'), before minus after (`theory`, kekmodel/MPL-pytorch issue 6); the
 authors' code, whose MPL term has no gradient (CE of the teacher's own softmax), and that
@@ -104,7 +105,7 @@ def teacher_step(run, teacher, criterion, fb_batch, strong, weak_logits, pseudo,
         mask = target.max(1).values >= args.uda_threshold
         loss_uda = (-(target * logits.log_softmax(1)).sum(1) * mask).mean()
         w_uda = args.uda_weight * min(1.0, (iteration + 1) / args.uda_warmup)
-        loss = loss_source + h * loss_mpl + w_uda * loss_uda
+        loss = loss_source + args.mpl_weight * h * loss_mpl + w_uda * loss_uda
     check_finite(loss, iteration, run.out)
     run.scaler.scale(loss).backward()
     return {"loss_t_source": loss_source.detach(), "loss_t_mpl": loss_mpl.detach(),
@@ -225,6 +226,8 @@ def parse_args(argv=None):
     g.add_argument("--thresholds", metavar="JSON", help="gen_pseudo.py's (default: per batch)")
     g.add_argument("--student-source-weight", type=float, default=1.0, help="0: the paper")
     g.add_argument("--h-sign", choices=("authors", "theory"), default="authors", help="see below")
+    g.add_argument("--mpl-weight", type=float, default=1.0,
+                   help="weight of the teacher's feedback term; 0: the control without it")
     g.add_argument("--lr-teacher", type=float, help="default: the teacher model's LR")
     g.add_argument("--uda-weight", type=float, default=1.0, help="0 turns the UDA term off")
     g.add_argument("--uda-threshold", type=float, default=0.9, help="UDA: min weak-view confidence")

@@ -49,8 +49,8 @@ def cpu_run(tmp_path):
 
 
 def mpl_args(**kw):
-    defaults = {"student_source_weight": 1.0, "h_sign": "authors", "uda_weight": 0.0,
-                "uda_threshold": 0.9, "uda_warmup": 1}
+    defaults = {"student_source_weight": 1.0, "h_sign": "authors", "mpl_weight": 1.0,
+                "uda_weight": 0.0, "uda_threshold": 0.9, "uda_warmup": 1}
     return argparse.Namespace(**{**defaults, **kw})
 
 
@@ -119,6 +119,26 @@ def test_sign_of_h_moves_the_teacher(tmp_path, monkeypatch, fb_class):
         assert prob["theory"] < prob["off"] < prob["authors"]
     else:
         assert prob["authors"] < prob["off"] < prob["theory"]
+
+
+def test_mpl_weight_zero_trains_the_teacher_without_the_feedback(tmp_path):
+    """--mpl-weight 0, the control: the teacher's update no longer depends on h (either sign
+    gives the same teacher), while with the default weight the two signs part."""
+    run = cpu_run(tmp_path)
+    src, trg, fb = labelled(1, B, ["s1", "s2"]), {"image": images(2)}, labelled(3, B, ["f"])
+    teachers = {}
+    for weight in (0.0, 1.0):
+        for sign in ("authors", "theory"):
+            torch.manual_seed(0)
+            teacher, student = PixelClassifier(bias_class=A).train(), PixelClassifier().train()
+            opt_t = torch.optim.SGD(teacher.parameters(), lr=0.5)
+            opt_s = torch.optim.SGD(student.parameters(), lr=0.5)
+            args = mpl_args(h_sign=sign, mpl_weight=weight, student_source_weight=0.0)
+            h, *_ = iteration(run, teacher, student, opt_t, opt_s, src, fb, trg, args)
+            assert h.abs() > 0
+            teachers[weight, sign] = torch.cat([p.flatten() for p in teacher.parameters()])
+    assert torch.equal(teachers[0.0, "authors"], teachers[0.0, "theory"])
+    assert not torch.allclose(teachers[1.0, "authors"], teachers[1.0, "theory"])
 
 
 def test_teacher_gets_no_gradient_through_the_student(tmp_path):
