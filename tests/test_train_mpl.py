@@ -82,6 +82,17 @@ def iteration(run, teacher, student, opt_t, opt_s, src, fb, trg, args, it=0):
     return h, losses, pseudo, strong
 
 
+def pixel_pair_iteration(run, src, fb, trg, args):
+    """One iteration of a fresh teacher (class A everywhere) and student, the same nets on
+    every call, SGD lr 0.5; returns (teacher, h, pseudo, strong)."""
+    torch.manual_seed(0)
+    teacher, student = PixelClassifier(bias_class=A).train(), PixelClassifier().train()
+    opt_t = torch.optim.SGD(teacher.parameters(), lr=0.5)
+    opt_s = torch.optim.SGD(student.parameters(), lr=0.5)
+    h, _, pseudo, strong = iteration(run, teacher, student, opt_t, opt_s, src, fb, trg, args)
+    return teacher, h, pseudo, strong
+
+
 def prob_of_own_labels(teacher, strong, pseudo):
     """Mean probability the teacher gives its pseudo labels (kept pixels) on the strong view."""
     with torch.no_grad():
@@ -103,13 +114,8 @@ def test_sign_of_h_moves_the_teacher(tmp_path, monkeypatch, fb_class):
     fb = labelled(3, fb_class, ["f1", "f2"])
     prob, raw = {}, {}
     for sign in ("off", "authors", "theory"):
-        torch.manual_seed(0)
-        teacher, student = PixelClassifier(bias_class=A).train(), PixelClassifier().train()
-        opt_t = torch.optim.SGD(teacher.parameters(), lr=0.5)
-        opt_s = torch.optim.SGD(student.parameters(), lr=0.5)
         args = mpl_args(h_sign=sign, student_source_weight=0.0)
-        h, _, pseudo, strong = iteration(run, teacher, student, opt_t, opt_s, src, fb, trg,
-                                         args)
+        teacher, h, pseudo, strong = pixel_pair_iteration(run, src, fb, trg, args)
         assert (pseudo[pseudo != 255] == A).all() and (pseudo != 255).any()
         prob[sign], raw[sign] = prob_of_own_labels(teacher, strong, pseudo), h.item()
     assert raw["off"] == 0.0 and raw["authors"] == -raw["theory"] != 0.0
@@ -129,12 +135,8 @@ def test_mpl_weight_zero_trains_the_teacher_without_the_feedback(tmp_path):
     teachers = {}
     for weight in (0.0, 1.0):
         for sign in ("authors", "theory"):
-            torch.manual_seed(0)
-            teacher, student = PixelClassifier(bias_class=A).train(), PixelClassifier().train()
-            opt_t = torch.optim.SGD(teacher.parameters(), lr=0.5)
-            opt_s = torch.optim.SGD(student.parameters(), lr=0.5)
             args = mpl_args(h_sign=sign, mpl_weight=weight, student_source_weight=0.0)
-            h, *_ = iteration(run, teacher, student, opt_t, opt_s, src, fb, trg, args)
+            teacher, h, *_ = pixel_pair_iteration(run, src, fb, trg, args)
             assert h.abs() > 0
             teachers[weight, sign] = torch.cat([p.flatten() for p in teacher.parameters()])
     assert torch.equal(teachers[0.0, "authors"], teachers[0.0, "theory"])
