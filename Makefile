@@ -12,6 +12,12 @@ $(VENV)/installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# The optional tools (onnx, matplotlib), installed only with EXTRAS=1 (as CI does), so that
+# `make test EXTRAS=1` runs the export and plot tests instead of skipping them.
+$(VENV)/extras: $(VENV)/installed requirements-extras.txt
+	$(PY) -m pip install --quiet -r requirements-extras.txt
+	touch $@
+
 # The demo scores last.pth: best.pth is picked on target val labels (an oracle choice in UDA).
 # An earlier demo run is continued (a finished one is just evaluated), never deleted.
 demo: $(VENV)/installed
@@ -25,7 +31,7 @@ demo: $(VENV)/installed
 		--split val --size 144 256
 	@echo "expected (README, seeds and machines): target mIoU about 13.5-15.5, held-out source about 30-34"
 
-test: $(VENV)/installed
+test: $(VENV)/installed $(if $(EXTRAS),$(VENV)/extras)
 	$(PY) -m pytest
 
 lint: $(VENV)/installed

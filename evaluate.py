@@ -5,17 +5,22 @@ needed; the data root defaults to the validation root stored there too.
 
     python evaluate.py runs/gta/best.pth
     python evaluate.py runs/city/best.pth runs/gta/best.pth runs/gta_aug/best.pth --markdown
-    python evaluate.py runs/fda_b*/best.pth --ensemble        # multi-band ensemble (MBT)
+    python evaluate.py runs/fda_b0.01/best.pth \\
+        --ensemble runs/fda_b0.05/best.pth runs/fda_b0.09/best.pth  # multi-band ensemble (MBT)
     python evaluate.py runs/mpl/last.pth --net teacher        # train_mpl.py's teacher
     python evaluate.py runs/gta/best.pth --json gta.json --save-vis vis/gta
     python evaluate.py runs/adv_s*/best.pth --markdown --group-by-seed  # mean ± std over seeds
 
-Protocol: images are fed at the working size stored in the checkpoint (--size overrides it)
-and the logits are upsampled to the full label size; both sizes are printed with each result.
+Several checkpoints are scored one by one (a row each); with --ensemble, the one checkpoint
+given and those after --ensemble are scored as one ensemble, the mean of their softmax (a
+file named twice counts once). Protocol: images are fed at the working size stored in the
+checkpoint (--size overrides it) and the logits are upsampled to the full label size; both
+sizes are printed with each result.
 """
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +30,7 @@ from torch.utils.data import DataLoader
 from core import cli
 from core.datasets import GTA5, Cityscapes
 from core.errors import ConfigError, DataError
-from core.evaluation import evaluate, inference_autocast, load_model, predict_probs
+from core.evaluation import ensemble_paths, evaluate, inference_autocast, load_model, predict_probs
 from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
 from core.metrics import format_table
 from core.runtime import select_device
@@ -35,7 +40,10 @@ def main(args):
     device = select_device(args.device)
     autocast = inference_autocast(device, args.amp)     # --amp: CUDA only
     net = "teacher" if args.net == "teacher" else "model"   # a train_mpl.py run holds both
-    loaded = [load_model(path, device, args.size, net) for path in args.checkpoints]
+    # One model per row, or one row for the softmax average of the ensemble.
+    paths = (ensemble_paths(args.checkpoints[0], args.ensemble) if args.ensemble
+             else args.checkpoints)
+    loaded = [load_model(path, device, args.size, net) for path in paths]
     data_root = args.data_root or loaded[0][2].get("val_root")
     if data_root is None:
         raise ConfigError("no --data-root given and none stored in the checkpoint")
@@ -49,9 +57,8 @@ def main(args):
     batch_size = 1 if args.dataset == "gta5" else args.batch_size
     loader = DataLoader(val_set, batch_size=batch_size, num_workers=args.workers)
     label_size = tuple(val_set[0]["label"].shape)
-    # One model per row, or one row for the softmax average of all of them.
     groups = [loaded] if args.ensemble else [[one] for one in loaded]
-    names = ["ensemble of " + ", ".join(args.checkpoints)] if args.ensemble else args.checkpoints
+    names = ["ensemble of " + ", ".join(paths)] if args.ensemble else paths
     names = [f"{name} (teacher)" for name in names] if net == "teacher" else names
 
     rows = []
@@ -189,33 +196,41 @@ def write_json(rows, path):
     Path(path).write_text(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
 
 
-def parse_args(argv=None):
+def build_parser():
     p = cli.new_parser(__doc__)
-    p.add_argument("checkpoints", nargs="+", help="best.pth / last.pth files")
+    p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
+                   help="best.pth / last.pth files, scored one by one (one with --ensemble)")
     p.add_argument("--data-root", help="Cityscapes folder (default: stored in the checkpoint)")
     p.add_argument("--dataset", choices=("cityscapes", "gta5"), default="cityscapes")
     p.add_argument("--split", default="val",
                    help="Cityscapes split folder, or a GTA5 list file (its name in the root)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="input size, overriding the working size stored in the checkpoint")
     p.add_argument("--net", choices=("student", "teacher"), default="student",
                    help="a train_mpl.py checkpoint holds two networks: score the student "
                         "(default) or the teacher")
-    p.add_argument("--ensemble", action="store_true",
-                   help="average the softmax of all checkpoints (multi-band ensemble)")
     p.add_argument("--markdown", action="store_true", help="print the results table")
     p.add_argument("--group-by-seed", action="store_true",
                    help="one row per group of runs that differ only in --seed: mean ± sample "
                         "std and n of each score")
     p.add_argument("--json", help="write the result(s) to this JSON file")
     p.add_argument("--save-vis", metavar="DIR", help="write image | label | prediction panels")
-    p.add_argument("--vis-count", type=int, default=20)
-    p.add_argument("--batch-size", type=cli.positive_int, default=1)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA (bf16, else fp16); no effect on CPU")
-    cli.add_device_arg(p)
-    args = p.parse_args(argv)
+    p.add_argument("--vis-count", type=cli.non_negative_int, default=20)
+    cli.add_inference_args(p, batch_size=1, workers=2)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
+    argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    # --ensemble was once a switch (ensemble all the positionals): answer it with the new form
+    switch = [i for i, a in enumerate(argv) if a == "--ensemble"
+              and (i + 1 == len(argv) or argv[i + 1].startswith("-"))]
+    args = p.parse_args([a for i, a in enumerate(argv) if i not in switch])
+    if switch or (args.ensemble and len(args.checkpoints) > 1):
+        first, *rest = args.checkpoints
+        others = " ".join([*rest, *args.ensemble]) or "B.pth C.pth"
+        p.error(f"--ensemble names the other checkpoints of one ensemble, after the one "
+                f"positional checkpoint: write `evaluate.py {first} --ensemble {others}`, "
+                f"or drop --ensemble to score each checkpoint on its own")
     if args.group_by_seed and args.ensemble:
         p.error("--group-by-seed scores each checkpoint on its own: drop --ensemble")
     return args

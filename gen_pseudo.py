@@ -1,12 +1,13 @@
 """Pseudo labels for the target training set (BDL's max-probability threshold).
 
 Runs the unlabelled Cityscapes training images through one model, or the softmax average
-of several (the multi-band ensemble of FDA), and keeps a pixel's predicted class only where
-its probability reaches its class's threshold (Li et al. 2019, BDL sec. 3.3):
+of several (the multi-band ensemble of FDA: the checkpoint and those after --ensemble; a
+file named twice counts once), and keeps a pixel's predicted class only where its
+probability reaches its class's threshold (Li et al. 2019, BDL sec. 3.3):
 
     threshold_c = min(cap, q-quantile of max-probability over the pixels predicted c)
 
-    python gen_pseudo.py runs/fda_b0.01/best.pth runs/fda_b0.05/best.pth \\
+    python gen_pseudo.py runs/fda_b0.01/best.pth --ensemble runs/fda_b0.05/best.pth \\
         runs/fda_b0.09/best.pth --out runs/pseudo            # BDL: q = 0.5, cap 0.9
     python gen_pseudo.py runs/adv/best.pth --out runs/pseudo_adv --quantile 0.66
     python train_fda.py ... --pseudo runs/pseudo             # the self-training round
@@ -25,7 +26,7 @@ from torch.utils.data import DataLoader
 from core import cli
 from core.datasets import Cityscapes
 from core.errors import ConfigError
-from core.evaluation import inference_autocast, load_model, predict_probs
+from core.evaluation import ensemble_paths, inference_autocast, load_model, predict_probs
 from core.labels import CLASS_NAMES, save_label_png
 from core.pseudo import ProbHistogram, apply_thresholds
 from core.runtime import select_device
@@ -43,7 +44,8 @@ def predictions(models, sizes, loader, device, out_size, autocast):
 def main(args):
     device = select_device(args.device)
     autocast = inference_autocast(device, args.amp)     # --amp: CUDA only
-    loaded = [load_model(path, device) for path in args.checkpoints]
+    paths = ensemble_paths(args.checkpoint, args.ensemble)
+    loaded = [load_model(path, device) for path in paths]
     models, sizes, stored = [m for m, _, _ in loaded], [s for _, s, _ in loaded], loaded[0][2]
     data_root = args.data_root or stored.get("target_root") or stored.get("val_root")
     if data_root is None:
@@ -69,7 +71,7 @@ def main(args):
             path.parent.mkdir(parents=True, exist_ok=True)
             save_label_png(pseudo_map, path)
 
-    report = {"checkpoints": args.checkpoints, "data_root": str(data_root), "split": args.split,
+    report = {"checkpoints": paths, "data_root": str(data_root), "split": args.split,
               "size": list(out_size), "quantile": args.quantile, "cap": args.cap,
               "images": len(images), "classes": {
                   name: {"threshold": t, "kept": None if n == 0 else k, "pixels": n}
@@ -88,29 +90,35 @@ def print_report(report, out):
         print(f"{name:<14} {c['threshold']:9.4f}  {kept:>8}  {c['pixels']:>16,}")
 
 
-def parse_args(argv=None):
+def build_parser():
     p = cli.new_parser(__doc__)
-    p.add_argument("checkpoints", nargs="+", help="one model, or several to ensemble")
+    # nargs="+" only to answer the old form (several checkpoints) with the new one
+    p.add_argument("checkpoint", nargs="+", metavar="CHECKPOINT",
+                   help="best.pth / last.pth (more to ensemble: --ensemble)")
     p.add_argument("--out", required=True, help="folder for the pseudo-label PNGs")
     p.add_argument("--data-root", help="Cityscapes folder (default: the checkpoint's target)")
     p.add_argument("--split", default="train")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"),
-                   help="size of the pseudo labels (default: the model's working size)")
-    p.add_argument("--quantile", type=float, default=0.5,
+    p.add_argument("--quantile", type=cli.probability, default=0.5,
                    help="per-class quantile of the max probability (BDL 0.5, FDA code 0.66)")
-    p.add_argument("--cap", type=float, default=0.9, help="upper bound of every threshold")
+    p.add_argument("--cap", type=cli.probability, default=0.9,
+                   help="upper bound of every threshold")
     p.add_argument("--bins", type=cli.positive_int, default=10000,
                    help="histogram bins on [0, 1]")
-    p.add_argument("--batch-size", type=cli.positive_int, default=2)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA (bf16, else fp16); no effect on CPU")
-    cli.add_device_arg(p)
+    cli.add_inference_args(p, batch_size=2, workers=2, size_help=(
+        "size of the pseudo labels and of the images read (default: the first checkpoint's "
+        "working size; each model is fed at its own)"))
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
-    if not 0 <= args.quantile <= 1:
-        p.error(f"--quantile {args.quantile}: expected a value in [0, 1]")
-    if not 0 <= args.cap <= 1:
-        p.error(f"--cap {args.cap}: expected a value in [0, 1] (a probability)")
+    if len(args.checkpoint) > 1:
+        first, *rest = args.checkpoint
+        p.error(f"one CHECKPOINT, then --ensemble for the others of an ensemble: write "
+                f"`gen_pseudo.py {first} --ensemble {' '.join([*rest, *args.ensemble])} "
+                f"--out {args.out}`")
+    args.checkpoint = args.checkpoint[0]
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         p.error(f"--out {out} is a file: expected a folder for the pseudo-label PNGs")

@@ -1,7 +1,8 @@
 """Segment your own images with a trained checkpoint (or an ensemble): one PNG per image.
 
     python predict.py runs/gta/best.pth street.jpg --out pred                # Cityscapes colours
-    python predict.py runs/gta/best.pth frames/ --out pred --format overlay  # a video's frames
+    python predict.py runs/gta/best.pth frames/ --out pred --format overlay \\
+        --batch-size 8 --workers 4                                        # a video's frames
     python predict.py runs/fda_b0.01/best.pth photos/ --out pred \\
         --ensemble runs/fda_b0.05/best.pth runs/fda_b0.09/best.pth         # multi-band ensemble
     # Cityscapes benchmark submission: label ids at full resolution, one PNG per image
@@ -9,11 +10,15 @@
         --format labelids
 
 PATH: image files, or folders searched recursively for .png .jpg .jpeg .bmp .tif .tiff .webp
-(a folder's sub-folders are kept under --out). The protocol is evaluate.py's: each image is
-fed at the working size stored in the checkpoint (--size overrides it) and the logits are
-upsampled to the image's full resolution; so the label-id PNGs, scored by the official
-Cityscapes evaluator, give exactly evaluate.py's mIoU. Formats (several may be given); each
-file is named after its image, `city_seq_frame_leftImg8bit.png` -> `city_seq_frame` + suffix:
+(a folder's sub-folders are kept under --out). The checkpoint and those after --ensemble
+predict as one ensemble, the mean of their softmax (a file named twice counts once);
+--batch-size N feeds up to N consecutive images of one size at once. The protocol is
+evaluate.py's: each image is fed at the working size stored in the checkpoint (--size
+overrides it) and the logits are upsampled to the image's full resolution; so the label-id
+PNGs, scored by the official Cityscapes evaluator, give exactly evaluate.py's mIoU (at the
+same --batch-size; another batch size may move a pixel at a near tie on some devices).
+Formats (several may be given); each file is named after its image,
+`city_seq_frame_leftImg8bit.png` -> `city_seq_frame` + suffix:
     color     _pred_color.png     the Cityscapes colours
     overlay   _pred_overlay.png   the colours blended on the photo (--alpha)
     labelids  _pred_labelIds.png  Cityscapes label ids (7 road ... 33 bicycle): the benchmark's
@@ -27,12 +32,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from core import cli
 from core.decoding import image_tensor, open_image
 from core.errors import ConfigError, MissingDataError
-from core.evaluation import inference_autocast, load_model, predict_classes
+from core.evaluation import ensemble_paths, inference_autocast, load_model, predict_classes
 from core.labels import TRAIN_LABEL_IDS, colorize, save_label_png
 from core.runtime import select_device
 
@@ -55,24 +61,54 @@ def main(args):
                           f"{existing[0]}; pass --overwrite to replace them, or another --out")
 
     ## models: one checkpoint, or the mean softmax of several (FDA's multi-band ensemble)
-    paths = list(dict.fromkeys(Path(p).resolve() for p in [args.checkpoint, *args.ensemble]))
+    paths = ensemble_paths(args.checkpoint, args.ensemble)
     loaded = [load_model(path, device, args.size) for path in paths]
     models, sizes = [m for m, _, _ in loaded], [s for _, s, _ in loaded]
     print(f"{len(jobs)} image(s), fed at {', '.join(f'{h}x{w}' for h, w in sizes)} (HxW), "
           f"logits upsampled to each image's size; {'ensemble of ' * (len(models) > 1)}"
-          f"{', '.join(map(str, paths))}")
+          f"{', '.join(paths)}")
 
     ## predict: working size in, full resolution out; write every asked format
-    for image_path, files in tqdm(jobs, desc="predict", unit="image", dynamic_ncols=True):
-        image = read_photo(image_path)
-        with autocast():
-            pred = predict_classes(models, sizes, image[None].to(device),
-                                   tuple(image.shape[-2:]))
-        pred = pred[0].to(torch.uint8).cpu().numpy()
-        for fmt, path in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_prediction(fmt, pred, image, path, args.alpha)
+    photos = DataLoader(Photos(jobs), batch_size=None, num_workers=args.workers)
+    with tqdm(total=len(jobs), desc="predict", unit="image", dynamic_ncols=True) as bar:
+        for batch in same_size_batches(jobs, photos, args.batch_size):
+            images = torch.stack([image for _, image in batch])
+            with autocast():
+                preds = predict_classes(models, sizes, images.to(device),
+                                        tuple(images.shape[-2:]))
+            preds = preds.to(torch.uint8).cpu().numpy()
+            for ((_, files), image), pred in zip(batch, preds, strict=True):
+                for fmt, path in files.items():
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_prediction(fmt, pred, image, path, args.alpha)
+            bar.update(len(batch))
     print(f"wrote {sum(len(files) for _, files in jobs)} file(s) to {out}")
+
+
+class Photos(Dataset):
+    """The jobs' photos in order, read by the --workers processes (or the main one)."""
+
+    def __init__(self, jobs):
+        self.files = [image for image, _ in jobs]
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return read_photo(self.files[i])
+
+
+def same_size_batches(jobs, photos, batch_size):
+    """[(job, photo)] runs of up to batch_size consecutive photos of one size (a batch ends
+    where the size changes, so that mixed sizes still predict at full resolution)."""
+    batch = []
+    for job, photo in zip(jobs, photos, strict=True):
+        if batch and (len(batch) == batch_size or batch[0][1].shape != photo.shape):
+            yield batch
+            batch = []
+        batch.append((job, photo))
+    if batch:
+        yield batch
 
 
 def find_images(paths, out):
@@ -132,27 +168,24 @@ def write_prediction(fmt, pred, image, path, alpha):
         Image.fromarray(np.rint(blend).astype(np.uint8)).save(path)
 
 
-def parse_args(argv=None):
+def build_parser():
     p = cli.new_parser(__doc__)
     p.add_argument("checkpoint", help="best.pth / last.pth of a training run")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
     p.add_argument("--out", required=True, help="folder for the predictions")
     p.add_argument("--format", nargs="+", choices=tuple(FORMATS), default=["color"],
                    help="what to write per image (default color); several may be given")
-    p.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
-                   help="more checkpoints: predict with the mean softmax of all")
-    p.add_argument("--size", type=cli.positive_int, nargs=2, metavar=("H", "W"),
-                   help="input size, overriding the working size stored in the checkpoint")
-    p.add_argument("--alpha", type=float, default=0.5,
+    p.add_argument("--alpha", type=cli.probability, default=0.5,
                    help="overlay: weight of the colours (0 = photo, 1 = colours)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace prediction files that exist in --out")
-    p.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA (bf16, else fp16); no effect on CPU")
-    cli.add_device_arg(p)
+    cli.add_inference_args(p, batch_size=1, workers=0)
+    return p
+
+
+def parse_args(argv=None):
+    p = build_parser()
     args = p.parse_args(argv)
-    if not 0 <= args.alpha <= 1:
-        p.error(f"--alpha {args.alpha}: expected a value in [0, 1]")
     if Path(args.out).is_file():
         p.error(f"--out {args.out} is a file: expected a folder for the predictions")
     return args

@@ -149,7 +149,8 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile (meant for CUDA)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed passes (compile needs >= 1)")
+    p.add_argument("--warmup", type=cli.non_negative_int, default=10,
+                   help="untimed passes (compile needs >= 1)")
     p.add_argument("--iters", type=cli.positive_int, default=50, help="timed passes")
     p.add_argument("--threads", type=cli.positive_int, default=None,
                    help="CPU threads (torch default: one per core; on a shared machine 1 can "
@@ -161,8 +162,6 @@ def parse_args(argv=None):
             resolve_backbone(args.model, args.backbone)
         except ConfigError as e:
             p.error(str(e))
-    if args.warmup < 0:
-        p.error(f"--warmup {args.warmup}: expected an integer >= 0")
     if min(args.size) < 32:
         p.error(f"--size {args.size[0]} {args.size[1]}: the networks downsample 32x; expected "
                 f"at least 32 32")

@@ -23,17 +23,14 @@ Each iteration (AdaptSegNet sec. 3.2-3.3, Eq. 3-5):
 import torch
 
 from core import cli
-from core.checkpoint import checkpoint_state, resume, unwrap
+from core.checkpoint import unwrap
 from core.evaluation import validate
 from core.labels import NUM_CLASSES
-from core.logs import Timer, epoch_record
 from core.losses import bce_domain_loss, build_criterion, seg_loss_sum
-from core.models import build_discriminator, build_model, model_options, param_groups
+from core.models import build_discriminator
 from core.profiling import count_macs, count_parameters
-from core.runtime import Run, check_divergence, check_finite, report_data
-from core.sampling import SOURCE_STREAM, TARGET_STREAM, Stream
+from core.runtime import Run
 from core.schedule import poly_scheduler
-from core.session import Session
 from core.transforms import normalize
 
 SCRIPT = "train_adv"
@@ -41,32 +38,31 @@ SOURCE_LABEL, TARGET_LABEL = 0, 1
 MIN_DISC_INPUT = 32          # five stride-2 convolutions
 
 
-def segmenter_step(run, model, disc, criterion, src_batch, trg_batch, iteration, args):
-    """Steps 1 and 2: supervised loss on source, adversarial (and pseudo-label) loss on target.
+def segmenter_step(run, model, disc, criterion, src_batch, trg_batch, *, it, lambda_adv,
+                   lambda_pseudo):
+    """Steps 1 and 2, the segmenter's gradients: L_seg on source, then lambda_adv * L_adv (and
+    lambda_pseudo * CE on the target's pseudo labels, when the batch has them) on target.
 
-    Returns the detached source and target softmax maps for the discriminator's step.
-    """
-    disc = unwrap(disc)                     # no DDP hooks: D only passes gradients through
-    disc.requires_grad_(False)
+    Returns the detached softmax maps {"source", "target"} for D's step, and the losses."""
     with run.autocast():
         src_out = model(normalize(src_batch["image"]))
         loss_seg = seg_loss_sum(criterion, src_out, src_batch["label"])
-    check_finite(loss_seg, iteration, run.out)
-    run.scaler.scale(loss_seg).backward()   # frees the source graph before the target pass
+    run.backward(loss_seg, it)              # frees the source graph before the target pass
+    d = unwrap(disc)                        # no DDP hooks: D only passes gradients through
+    d.requires_grad_(False)                 # Eq. 4: D's parameters take no gradient here
     with run.autocast():
         trg_out = model(normalize(trg_batch["image"]))
         trg_prob = trg_out[0].float().softmax(1)
-        loss_adv = bce_domain_loss(disc(trg_prob), SOURCE_LABEL)   # fool D: "source"
-        loss_trg = args.lambda_adv * loss_adv
+        loss_adv = bce_domain_loss(d(trg_prob), SOURCE_LABEL)    # fool D: "source"
+        loss_trg = lambda_adv * loss_adv
         losses = {"loss_seg": loss_seg.detach(), "loss_adv": loss_adv.detach()}
-        if args.pseudo:                     # self-training: CE on target pseudo labels
+        if "label" in trg_batch:            # self-training: CE on target pseudo labels
             loss_pseudo = seg_loss_sum(criterion, trg_out, trg_batch["label"])
-            loss_trg = loss_trg + args.lambda_pseudo * loss_pseudo
+            loss_trg = loss_trg + lambda_pseudo * loss_pseudo
             losses["loss_pseudo"] = loss_pseudo.detach()
-    check_finite(loss_trg, iteration, run.out)
-    run.scaler.scale(loss_trg).backward()
-    disc.requires_grad_(True)
-    return src_out[0].detach().float().softmax(1), trg_prob.detach(), losses
+    run.backward(loss_trg, it)
+    d.requires_grad_(True)
+    return {"source": src_out[0].detach().float().softmax(1), "target": trg_prob.detach()}, losses
 
 
 def discriminator_step(run, disc, src_prob, trg_prob):
@@ -89,72 +85,52 @@ def discriminator_step(run, disc, src_prob, trg_prob):
 
 
 def main(args):
-    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds, run folder
+    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds
 
     ## data: labelled source, unlabelled target (with --pseudo labels for self-training),
     ## each an endless stream shuffled apart from the other; Cityscapes val
     source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
-    source_stream = Stream(run.train_loader(source_set, SOURCE_STREAM))
-    target_stream = Stream(run.train_loader(target_set, TARGET_STREAM))
+    source_stream, target_stream = run.stream(source_set, "source"), run.stream(target_set,
+                                                                                 "target")
     val_loader = run.val_loader(cli.val_dataset(args))
+    run.check_data(source_set, val_loader.dataset)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
-    report_data(run, source_set, val_loader.dataset)
 
     ## segmenter and discriminator, each with its optimiser and poly schedule
-    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained,
-                                  **model_options(args)))
-    disc = run.place(build_discriminator(args.disc, NUM_CLASSES))
-    optimizer = cli.build_optimizer(args, param_groups(unwrap(model), args.lr,
-                                                       args.weight_decay))
+    model = run.place(cli.build_segmenter(args))
+    disc = run.place(build_discriminator(args.disc))
+    optimizer = cli.build_optimizer(args, model)
     optimizer_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
     scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
     scheduler_d = poly_scheduler(optimizer_d, cli.poly_horizon(args, iters_per_epoch))
     criterion = build_criterion(args, source_set)
-    parts = {"model": model, "disc": disc, "optimizer": optimizer, "optimizer_d": optimizer_d,
-             "scheduler": scheduler, "scheduler_d": scheduler_d,
-             "source_stream": source_stream, "target_stream": target_stream}
-    run.open_folder()
-    start = resume(run, args, parts)        # the epoch and step to continue from
-    best_miou, session = start.best_miou, Session(args, run, parts)  # logs, mid-epoch saves
+    start, stop = run.begin({"model": model, "disc": disc, "optimizer": optimizer,
+                             "optimizer_d": optimizer_d, "scheduler": scheduler,
+                             "scheduler_d": scheduler_d, "source_stream": source_stream,
+                             "target_stream": target_stream}, iters_per_epoch)
     log_discriminator_profile(run, unwrap(disc), args)
 
-    ## train loop
-    for epoch in range(start.epoch, session.last_epoch):
-        timer, meter = Timer(), start.meter(epoch)
-        model.train()
-        bar = run.progress(iters_per_epoch, epoch, first=start.first_step(epoch))
-        for i in bar:
-            iteration = epoch * iters_per_epoch + i
-            src_batch = run.batch_to_device(source_stream.next())
-            trg_batch = run.batch_to_device(target_stream.next())
-            src_prob, trg_prob, losses = segmenter_step(
-                run, model, disc, criterion, src_batch, trg_batch, iteration, args)
-            losses.update(discriminator_step(run, disc, src_prob, trg_prob))
-            run.scaler.step(optimizer)
-            run.scaler.step(optimizer_d)
-            run.scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            optimizer_d.zero_grad(set_to_none=True)
-            scheduler.step()
-            scheduler_d.step()
-            meter.add(**losses)
-            bar.set_postfix(meter.postfix("loss_seg", "loss_adv", "loss_d"))
-            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)  # log, save
-            if session.out_of_time():       # --time-limit: a mid-epoch checkpoint was saved
-                break
-        if session.out_of_time():
-            break
+    ## train loop: one iteration per source batch; each epoch ends with a validation
+    model.train()
+    for it in run.progress(range(start, stop)):
+        src_batch = run.to_device(source_stream.next())
+        trg_batch = run.to_device(target_stream.next())
+        probs, losses = segmenter_step(run, model, disc, criterion, src_batch, trg_batch, it=it,
+                                       lambda_adv=args.lambda_adv,
+                                       lambda_pseudo=args.lambda_pseudo)
+        losses.update(discriminator_step(run, disc, probs["source"], probs["target"]))
+        run.step(optimizer, optimizer_d)
+        scheduler.step()
+        scheduler_d.step()
 
-        ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log
-        losses = check_divergence(meter.means(run), epoch, run.out)
-        result = validate(run, model, val_loader, args.val_size)
-        is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
-        record = epoch_record(epoch, (epoch + 1) * iters_per_epoch, result, timer,
-                              lr=scheduler.get_last_lr()[0], lr_d=scheduler_d.get_last_lr()[0],
-                              **losses)
-        run.save(checkpoint_state(run, args, parts, epoch, (epoch + 1) * iters_per_epoch,
-                                  best_miou, record), is_best)
-        run.log_epoch(record)
+        val = None
+        if run.epoch_ends(it):
+            val = validate(run, model, val_loader, args.val_size)
+            model.train()
+        # log; save at an epoch end (best.pth, last.pth), every --save-every, before --time-limit
+        if run.log_and_save(it, losses, val, lr=scheduler.get_last_lr()[0],
+                            lr_d=scheduler_d.get_last_lr()[0]):
+            break                       # --time-limit: saved, continue with --resume
     run.close()
 
 
@@ -183,13 +159,12 @@ def parse_args(argv=None):
     g = parser.add_argument_group("adversarial adaptation")
     g.add_argument("--disc", choices=("fcd", "dsc"), default="fcd",
                    help="fully convolutional (AdaptSegNet) or depthwise-separable light")
-    g.add_argument("--lambda-adv", type=float, default=0.001,
+    g.add_argument("--lambda-adv", type=cli.non_negative_float, default=0.001,
                    help="weight of the adversarial loss (AdaptSegNet single level)")
-    g.add_argument("--lr-d", type=float, default=1e-4, help="discriminator Adam LR (poly)")
+    g.add_argument("--lr-d", type=cli.non_negative_float, default=1e-4,
+                   help="discriminator Adam LR (poly)")
     g.add_argument("--pseudo", metavar="DIR", help="target pseudo labels from gen_pseudo.py")
-    g.add_argument("--lambda-pseudo", type=float, default=1.0)
-    g.add_argument("--iters-per-epoch", type=cli.positive_int,
-                   help="iterations per epoch (default: one pass over the source)")
+    g.add_argument("--lambda-pseudo", type=cli.non_negative_float, default=1.0)
     cli.add_run_args(parser, default_out="runs/adv")
     args = cli.parse(parser, argv, SCRIPT)
     smallest = min(*args.source_size, *args.target_size, *(args.crop or args.source_size))

@@ -9,7 +9,8 @@ target predictions; with --pseudo it also fits target pseudo labels (a self-trai
       python train_fda.py --source-root data/GTA5 --target-root data/Cityscapes \\
           --beta $b --out runs/fda_b$b
     done
-    python evaluate.py runs/fda_b*/last.pth --ensemble
+    python evaluate.py runs/fda_b0.01/last.pth --ensemble runs/fda_b0.05/last.pth \\
+        runs/fda_b0.09/last.pth
     # LAB colour transfer instead of FDA
     python train_fda.py ... --translate lab --out runs/lab
     # self-training round on pseudo labels from gen_pseudo.py
@@ -21,23 +22,18 @@ Loss (FDA paper, Eq. 5 and 7):
 with L_ent the Charbonnier-penalised normalised entropy, eta = 2, weight 0.005.
 """
 from core import cli
-from core.checkpoint import checkpoint_state, resume, unwrap
 from core.evaluation import validate
-from core.labels import NUM_CLASSES
-from core.logs import Timer, epoch_record
 from core.losses import build_criterion, charbonnier_entropy, seg_loss_sum
-from core.models import build_model, model_options, param_groups, upsample
-from core.runtime import Run, check_divergence, check_finite, report_data
-from core.sampling import SOURCE_STREAM, TARGET_STREAM, Stream
+from core.models import upsample
+from core.runtime import Run
 from core.schedule import poly_scheduler
-from core.session import Session
 from core.transforms import normalize, resize_images
-from core.translate import fda_source_to_target, lab_transfer
+from core.translate import FDA_WINDOWS, fda_source_to_target, lab_transfer
 
 SCRIPT = "train_fda"
 
 
-def translate(args, source_images, target_images):
+def translate(source_images, target_images, *, method, beta, window="centred"):
     """The source batch in the target batch's style, still 0-255 RGB (normalised after).
 
     FDA needs equal sizes, so the target batch is resized to the source's first (only its
@@ -45,89 +41,75 @@ def translate(args, source_images, target_images):
     not clipped.
     """
     src, trg = source_images.float(), resize_images(target_images, source_images.shape[-2:])
-    if args.translate == "fda":
-        return fda_source_to_target(src, trg, args.beta)
+    if method == "fda":
+        return fda_source_to_target(src, trg, beta, window=window)
     return lab_transfer(src, trg)
 
 
-def train_step(run, model, criterion, src_batch, trg_batch, iteration, args):
-    """CE on translated source + entropy (and pseudo-label CE) on target; returns the losses."""
-    with run.autocast():
-        src_out = model(normalize(translate(args, src_batch["image"], trg_batch["image"])))
-        loss_seg = seg_loss_sum(criterion, src_out, src_batch["label"])
-        # FDA's code takes the entropy of the logits at the network's output stride (1/8),
-        # before upsampling (model/deeplab.py, forward); the CE terms use upsampled logits.
-        trg_out = model(normalize(trg_batch["image"]), upsample=False)
-        loss_ent = charbonnier_entropy(trg_out[0], eta=args.eta)
-        ent_weight = args.ent_weight if iteration >= args.ent_start else 0.0
-        loss = loss_seg + ent_weight * loss_ent
-        losses = {"loss_seg": loss_seg.detach(), "loss_ent": loss_ent.detach()}
-        if args.pseudo:                     # self-training on pseudo labels
-            trg_out = upsample(trg_out, trg_batch["label"].shape[-2:])
-            loss_pseudo = seg_loss_sum(criterion, trg_out, trg_batch["label"])
-            loss = loss + args.lambda_pseudo * loss_pseudo
-            losses["loss_pseudo"] = loss_pseudo.detach()
-    check_finite(loss, iteration, run.out)
-    run.scaler.scale(loss).backward()
-    return losses
+def fda_losses(model, criterion, src_batch, trg_batch, *, method, beta, eta, ent_weight,
+               lambda_pseudo, window="centred"):
+    """(total, detached terms) of FDA's objective (Eq. 5 and 7):
+    CE(S(x_{s->t}), y_s) + ent_weight * L_ent(S(x_t)) [+ lambda_pseudo * CE(S(x_t), y^_t) when
+    the target batch carries pseudo labels]."""
+    styled = translate(src_batch["image"], trg_batch["image"], method=method, beta=beta,
+                       window=window)
+    loss_seg = seg_loss_sum(criterion, model(normalize(styled)), src_batch["label"])
+    # The entropy at the network's output stride (1/8), before upsampling, as FDA's code
+    # (model/deeplab.py, forward); the CE terms use upsampled logits.
+    trg_out = model(normalize(trg_batch["image"]), upsample=False)
+    loss_ent = charbonnier_entropy(trg_out[0], eta=eta)
+    total = loss_seg + ent_weight * loss_ent
+    losses = {"loss_seg": loss_seg.detach(), "loss_ent": loss_ent.detach()}
+    if "label" in trg_batch:                # self-training on pseudo labels
+        trg_out = upsample(trg_out, trg_batch["label"].shape[-2:])
+        loss_pseudo = seg_loss_sum(criterion, trg_out, trg_batch["label"])
+        total = total + lambda_pseudo * loss_pseudo
+        losses["loss_pseudo"] = loss_pseudo.detach()
+    return total, losses
 
 
 def main(args):
-    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds, run folder
+    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds
 
     ## data: labelled source, unlabelled target (with --pseudo labels for self-training),
     ## each an endless stream shuffled apart from the other; Cityscapes val
     source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
-    source_stream = Stream(run.train_loader(source_set, SOURCE_STREAM))
-    target_stream = Stream(run.train_loader(target_set, TARGET_STREAM))
+    source_stream, target_stream = run.stream(source_set, "source"), run.stream(target_set,
+                                                                                 "target")
     val_loader = run.val_loader(cli.val_dataset(args))
+    run.check_data(source_set, val_loader.dataset)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
-    report_data(run, source_set, val_loader.dataset)
 
     ## model, optimiser, poly schedule, loss
-    model = run.place(build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained,
-                                  **model_options(args)))
-    optimizer = cli.build_optimizer(args, param_groups(unwrap(model), args.lr,
-                                                       args.weight_decay))
+    model = run.place(cli.build_segmenter(args))
+    optimizer = cli.build_optimizer(args, model)
     scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
     criterion = build_criterion(args, source_set)
-    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler,
-             "source_stream": source_stream, "target_stream": target_stream}
-    run.open_folder()
-    start = resume(run, args, parts)        # the epoch and step to continue from
-    best_miou, session = start.best_miou, Session(args, run, parts)  # logs, mid-epoch saves
+    start, stop = run.begin({"model": model, "optimizer": optimizer, "scheduler": scheduler,
+                             "source_stream": source_stream, "target_stream": target_stream},
+                            iters_per_epoch)
 
-    ## train loop
-    for epoch in range(start.epoch, session.last_epoch):
-        timer, meter = Timer(), start.meter(epoch)
-        model.train()
-        bar = run.progress(iters_per_epoch, epoch, first=start.first_step(epoch))
-        for i in bar:
-            iteration = epoch * iters_per_epoch + i
-            src_batch = run.batch_to_device(source_stream.next())
-            trg_batch = run.batch_to_device(target_stream.next())
-            losses = train_step(run, model, criterion, src_batch, trg_batch, iteration, args)
-            run.scaler.step(optimizer)
-            run.scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            meter.add(**losses)
-            bar.set_postfix(meter.postfix("loss_seg", "loss_ent"))
-            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)  # log, save
-            if session.out_of_time():       # --time-limit: a mid-epoch checkpoint was saved
-                break
-        if session.out_of_time():
-            break
+    ## train loop: one iteration per source batch; each epoch ends with a validation
+    model.train()
+    for it in run.progress(range(start, stop)):
+        src_batch = run.to_device(source_stream.next())
+        trg_batch = run.to_device(target_stream.next())
+        with run.autocast():
+            loss, losses = fda_losses(
+                model, criterion, src_batch, trg_batch, method=args.translate, beta=args.beta,
+                eta=args.eta, ent_weight=args.ent_weight if it >= args.ent_start else 0.0,
+                lambda_pseudo=args.lambda_pseudo, window=args.fda_window)
+        run.backward(loss, it)
+        run.step(optimizer)
+        scheduler.step()
 
-        ## epoch tail: validate, keep the best, save (best.pth, last.pth), then log
-        losses = check_divergence(meter.means(run), epoch, run.out)
-        result = validate(run, model, val_loader, args.val_size)
-        is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
-        record = epoch_record(epoch, (epoch + 1) * iters_per_epoch, result, timer,
-                              lr=scheduler.get_last_lr()[0], **losses)
-        run.save(checkpoint_state(run, args, parts, epoch, (epoch + 1) * iters_per_epoch,
-                                  best_miou, record), is_best)
-        run.log_epoch(record)
+        val = None
+        if run.epoch_ends(it):
+            val = validate(run, model, val_loader, args.val_size)
+            model.train()
+        # log; save at an epoch end (best.pth, last.pth), every --save-every, before --time-limit
+        if run.log_and_save(it, losses, val, lr=scheduler.get_last_lr()[0]):
+            break                       # --time-limit: saved, continue with --resume
     run.close()
 
 
@@ -138,16 +120,19 @@ def parse_args(argv=None):
     cli.add_optim_args(parser)
     g = parser.add_argument_group("translation and entropy")
     g.add_argument("--translate", choices=("fda", "lab"), default="fda")
-    g.add_argument("--beta", type=float, default=0.01,
+    g.add_argument("--beta", type=cli.non_negative_float, default=0.01,
                    help="FDA low-frequency window ratio (paper: 0.01, 0.05, 0.09)")
-    g.add_argument("--ent-weight", type=float, default=0.005, help="entropy loss weight")
-    g.add_argument("--eta", type=float, default=2.0, help="Charbonnier exponent")
-    g.add_argument("--ent-start", type=int, default=0, metavar="ITER",
+    g.add_argument("--fda-window", choices=FDA_WINDOWS, default="centred",
+                   help="centred: the paper's (2b+1)^2 window (the authors' numpy function); "
+                        "corners: four b x b corner blocks of the unshifted spectrum, as the "
+                        "authors' torch function that trained the published models")
+    g.add_argument("--ent-weight", type=cli.non_negative_float, default=0.005,
+                   help="entropy loss weight")
+    g.add_argument("--eta", type=cli.positive_float, default=2.0, help="Charbonnier exponent")
+    g.add_argument("--ent-start", type=cli.non_negative_int, default=0, metavar="ITER",
                    help="iteration from which the entropy loss is added")
     g.add_argument("--pseudo", metavar="DIR", help="target pseudo labels from gen_pseudo.py")
-    g.add_argument("--lambda-pseudo", type=float, default=1.0)
-    g.add_argument("--iters-per-epoch", type=cli.positive_int,
-                   help="iterations per epoch (default: one pass over the source)")
+    g.add_argument("--lambda-pseudo", type=cli.non_negative_float, default=1.0)
     cli.add_run_args(parser, default_out="runs/fda")
     args = cli.parse(parser, argv, SCRIPT)
     if args.translate == "fda" and not 0 <= args.beta <= 0.5:

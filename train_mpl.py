@@ -26,40 +26,39 @@ port use after minus before, our default.
 import torch
 
 from core import cli
-from core.checkpoint import checkpoint_state, load_checkpoint, load_weights, resume, unwrap
+from core.checkpoint import load_checkpoint, load_weights, unwrap
 from core.errors import ConfigError, SegDAError
 from core.evaluation import validate
 from core.labels import IGNORE_INDEX, NUM_CLASSES
-from core.logs import Timer, epoch_record
 from core.losses import build_criterion, cross_entropy, seg_loss_sum
-from core.models import build_model, model_options, param_groups
+from core.models import build_model, model_options
 from core.pseudo import ProbHistogram, apply_thresholds, read_thresholds
-from core.runtime import Run, check_divergence, check_finite, report_data
-from core.sampling import SOURCE_STREAM, TARGET_STREAM, Stream, sample_seed
+from core.runtime import Run
+from core.sampling import sample_seed
 from core.schedule import poly_scheduler
-from core.session import Session
 from core.transforms import build_transforms, normalize
 
 SCRIPT = "train_mpl"
-FEEDBACK_STREAM, STRONG_VIEW_STREAM = 3, 4   # core.sampling numbers its streams 0-2
 H_SIGN = {"authors": 1.0, "theory": -1.0}   # step 3: h = sign * (after - before)
 STRONG_VIEW = build_transforms("jitter,blur", p=1.0)   # photometric only: labels stay aligned
 
 
 @torch.no_grad()
-def teacher_labels(run, teacher, trg_batch, thresholds, seed):
-    """Step 1: (strong view, weak-view logits, y^). Thresholds: --thresholds (gen_pseudo.py's),
-    else BDL's rule on this batch: per class the median of its max probabilities, cap 0.9."""
+def teacher_labels(run, teacher, images, *, thresholds, seed):
+    """Step 1: {"strong": the strong view, "weak_logits": T(weak), "pseudo": y^}. Thresholds:
+    --thresholds (gen_pseudo.py's), else BDL's rule on this batch: per class the median of
+    its max probabilities, cap 0.9."""
     g = torch.Generator().manual_seed(seed)    # one seed per iteration and rank: exact resume
-    strong = torch.stack([STRONG_VIEW(image, generator=g)[0] for image in trg_batch["image"]])
+    strong = torch.stack([STRONG_VIEW(image, generator=g)[0] for image in images])
     with run.autocast():
-        weak_logits = teacher(normalize(trg_batch["image"]))[0].float()
+        weak_logits = teacher(normalize(images))[0].float()
     prob, label = weak_logits.softmax(1).max(1)
     if thresholds is None:
         hist = ProbHistogram(device=prob.device)
         hist.update(prob, label)
         thresholds = hist.thresholds(quantile=0.5, cap=0.9)
-    return strong, weak_logits, apply_thresholds(label, prob, thresholds).long()
+    return {"strong": strong, "weak_logits": weak_logits,
+            "pseudo": apply_thresholds(label, prob, thresholds).long()}
 
 
 @torch.no_grad()
@@ -75,59 +74,54 @@ def feedback_loss(run, student, fb_batch):
     return cross_entropy(logits, fb_batch["label"])
 
 
-def student_step(run, student, criterion, src_batch, fb_batch, strong, pseudo, iteration, args):
-    """Step 2, the student's gradients (MPL sec. 2, student update): CE(S(strong), y^) +
-    --student-source-weight * CE(S(x_s), y_s); images of x_s that are also in B_fb ignored."""
-    with run.autocast():
-        loss_pseudo = seg_loss_sum(criterion, student(normalize(strong)), pseudo)
-        loss, losses = loss_pseudo, {"loss_pseudo": loss_pseudo.detach()}
-        if args.student_source_weight > 0:
-            keep = torch.tensor([n not in fb_batch["name"] for n in src_batch["name"]])
-            labels = src_batch["label"].where(keep.to(run.device)[:, None, None], IGNORE_INDEX)
-            loss_source = seg_loss_sum(criterion, student(normalize(src_batch["image"])), labels)
-            loss = loss + args.student_source_weight * loss_source
-            losses["loss_source"] = loss_source.detach()
-    check_finite(loss, iteration, run.out)
-    run.scaler.scale(loss).backward()
-    return losses
+def student_losses(student, criterion, labels, src_batch, fb_batch, *, source_weight):
+    """Step 2, (total, terms) of the student's loss (MPL sec. 2, student update):
+    CE(S(strong), y^) + source_weight * CE(S(x_s), y_s); images of x_s also in B_fb ignored."""
+    loss_pseudo = seg_loss_sum(criterion, student(normalize(labels["strong"])), labels["pseudo"])
+    total, losses = loss_pseudo, {"loss_pseudo": loss_pseudo.detach()}
+    if source_weight > 0:
+        keep = torch.tensor([n not in fb_batch["name"] for n in src_batch["name"]])
+        ignored = src_batch["label"].where(keep.to(src_batch["label"].device)[:, None, None],
+                                           IGNORE_INDEX)
+        loss_source = seg_loss_sum(criterion, student(normalize(src_batch["image"])), ignored)
+        total = total + source_weight * loss_source
+        losses["loss_source"] = loss_source.detach()
+    return total, losses
 
 
-def teacher_step(run, teacher, criterion, fb_batch, strong, weak_logits, pseudo, h, iteration,
-                 args):
-    """Step 4, the teacher's gradients (MPL sec. 2 teacher update with Appendix A's h; UDA, Xie
-    et al. 2020: weak-view softmax, fixed, vs the strong view's where confident, ramped up)."""
-    with run.autocast():
-        out = teacher(normalize(fb_batch["image"]))
-        loss_source = seg_loss_sum(criterion, out, fb_batch["label"])
-        logits = teacher(normalize(strong))[0].float()
-        loss_mpl = cross_entropy(logits, pseudo)          # y^: the labels the student learnt
-        target = weak_logits.softmax(1)
-        mask = target.max(1).values >= args.uda_threshold
-        loss_uda = (-(target * logits.log_softmax(1)).sum(1) * mask).mean()
-        w_uda = args.uda_weight * min(1.0, (iteration + 1) / args.uda_warmup)
-        loss = loss_source + args.mpl_weight * h * loss_mpl + w_uda * loss_uda
-    check_finite(loss, iteration, run.out)
-    run.scaler.scale(loss).backward()
-    return {"loss_t_source": loss_source.detach(), "loss_t_mpl": loss_mpl.detach(),
-            "loss_t_uda": loss_uda.detach()}
+def teacher_losses(teacher, criterion, labels, fb_batch, h, *, mpl_weight, uda_weight,
+                   uda_threshold):
+    """Step 4, (total, terms) of the teacher's loss (MPL sec. 2 teacher update with Appendix
+    A's h; UDA, Xie et al. 2020: weak-view softmax, fixed, vs the strong view's where the weak
+    view is confident)."""
+    out = teacher(normalize(fb_batch["image"]))
+    loss_source = seg_loss_sum(criterion, out, fb_batch["label"])
+    logits = teacher(normalize(labels["strong"]))[0].float()
+    loss_mpl = cross_entropy(logits, labels["pseudo"])          # y^: what the student learnt
+    target = labels["weak_logits"].softmax(1)
+    mask = target.max(1).values >= uda_threshold
+    loss_uda = (-(target * logits.log_softmax(1)).sum(1) * mask).mean()
+    total = loss_source + mpl_weight * h * loss_mpl + uda_weight * loss_uda
+    return total, {"loss_t_source": loss_source.detach(), "loss_t_mpl": loss_mpl.detach(),
+                   "loss_t_uda": loss_uda.detach()}
 
 
 def main(args):
-    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds, run folder
+    run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds
 
     ## data: source (the student's batches; B_fb), target, each shuffled apart; Cityscapes val
     source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
-    source_stream = Stream(run.train_loader(source_set, SOURCE_STREAM))
-    fb_stream = Stream(run.train_loader(source_set, FEEDBACK_STREAM))
-    target_stream = Stream(run.train_loader(target_set, TARGET_STREAM))
+    source_stream, fb_stream = run.stream(source_set, "source"), run.stream(source_set,
+                                                                             "feedback")
+    target_stream = run.stream(target_set, "target")
     val_loader = run.val_loader(cli.val_dataset(args))
+    run.check_data(source_set, val_loader.dataset)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
-    report_data(run, source_set, val_loader.dataset)
     thresholds = args.class_thresholds and torch.tensor(args.class_thresholds, device=run.device)
 
     ## teacher and student (their --model may differ), each with its optimiser and schedule
     teacher = build_model(args.teacher_model, NUM_CLASSES, args.teacher_backbone,
-                          **args.teacher_options)
+                          **model_options({"model": args.teacher_model, **args.teacher_options}))
     student = build_model(args.model, NUM_CLASSES, args.backbone,
                           "none" if args.student else args.pretrained, **model_options(args))
     if not args.resume:     # a resumed run takes both from its own checkpoint
@@ -135,65 +129,58 @@ def main(args):
         if args.student:
             load_weights(student, load_checkpoint(args.student)["model"], args.student)
     teacher, student = run.place(teacher), run.place(student)
-    optimizer = cli.build_optimizer(args, param_groups(unwrap(student), args.lr,
-                                                       args.weight_decay))
-    optimizer_t = cli.build_optimizer(args, param_groups(unwrap(teacher), args.lr_teacher,
-                                                         args.weight_decay_teacher))
+    optimizer = cli.build_optimizer(args, student)
+    optimizer_t = cli.build_optimizer(args, teacher, lr=args.lr_teacher,
+                                      weight_decay=args.weight_decay_teacher)
     scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
     scheduler_t = poly_scheduler(optimizer_t, cli.poly_horizon(args, iters_per_epoch))
     criterion = build_criterion(args, source_set)
-    parts = {"model": student, "teacher": teacher, "optimizer": optimizer, "optimizer_t":
-             optimizer_t, "scheduler": scheduler, "scheduler_t": scheduler_t, "source_stream":
-             source_stream, "target_stream": target_stream, "fb_stream": fb_stream}
-    run.open_folder()
-    start = resume(run, args, parts)        # the epoch and step to continue from
-    best_miou, session = start.best_miou, Session(args, run, parts)  # logs, mid-epoch saves
+    start, stop = run.begin({"model": student, "teacher": teacher, "optimizer": optimizer,
+                             "optimizer_t": optimizer_t, "scheduler": scheduler,
+                             "scheduler_t": scheduler_t, "source_stream": source_stream,
+                             "target_stream": target_stream, "fb_stream": fb_stream},
+                            iters_per_epoch)
 
-    ## train loop
-    for epoch in range(start.epoch, session.last_epoch):
-        timer, meter = Timer(), start.meter(epoch)
-        teacher.train()
-        student.train()
-        bar = run.progress(iters_per_epoch, epoch, first=start.first_step(epoch))
-        for i in bar:
-            iteration = epoch * iters_per_epoch + i
-            fb_batch = run.batch_to_device(fb_stream.next())
-            trg_batch = run.batch_to_device(target_stream.next())
-            src_batch = run.batch_to_device(source_stream.next())   # unused if its weight is 0
-            seed = sample_seed(args.seed, STRONG_VIEW_STREAM, iteration, run.rank)
-            strong, weak_logits, pseudo = teacher_labels(run, teacher, trg_batch, thresholds,
-                                                         seed)
-            fb_before = feedback_loss(run, student, fb_batch)
-            losses = student_step(run, student, criterion, src_batch, fb_batch, strong, pseudo,
-                                  iteration, args)
-            run.scaler.step(optimizer)
-            optimizer.zero_grad(set_to_none=True)
-            h = H_SIGN[args.h_sign] * (feedback_loss(run, student, fb_batch) - fb_before)
-            losses.update(teacher_step(run, teacher, criterion, fb_batch, strong, weak_logits,
-                                       pseudo, h, iteration, args))
-            run.scaler.step(optimizer_t)
-            run.scaler.update()
-            optimizer_t.zero_grad(set_to_none=True)
-            scheduler.step()
-            scheduler_t.step()
-            meter.add(**losses, h=h, h_positive=(h > 0).float(),
-                      kept=(pseudo != IGNORE_INDEX).float().mean())
-            bar.set_postfix(meter.postfix("loss_pseudo", "loss_t_source", "h"))
-            session.after_step(epoch, i, iteration, meter, scheduler, best_miou)  # log, save
-            if session.out_of_time():       # --time-limit: a mid-epoch checkpoint was saved
-                break
-        if session.out_of_time():
-            break
+    ## train loop: one iteration per source batch; each epoch ends with a validation
+    teacher.train()
+    student.train()
+    for it in run.progress(range(start, stop)):
+        fb_batch = run.to_device(fb_stream.next())
+        trg_batch = run.to_device(target_stream.next())
+        src_batch = run.to_device(source_stream.next())   # unused if its weight is 0
+        # 1. the teacher labels the weak view; both networks learn on the strong view
+        labels = teacher_labels(run, teacher, trg_batch["image"], thresholds=thresholds,
+                                seed=sample_seed(args.seed, "strong_view", it, run.rank))
+        # 2. the student's step, with its loss on B_fb measured before and after
+        fb_before = feedback_loss(run, student, fb_batch)
+        with run.autocast():
+            loss, losses = student_losses(student, criterion, labels, src_batch, fb_batch,
+                                          source_weight=args.student_source_weight)
+        run.backward(loss, it)
+        run.step(optimizer)
+        # 3. h: how the student's loss on B_fb moved
+        h = H_SIGN[args.h_sign] * (feedback_loss(run, student, fb_batch) - fb_before)
+        # 4. the teacher's step: source CE + h x CE(T(strong), y^) + UDA (ramped up)
+        with run.autocast():
+            loss_t, losses_t = teacher_losses(
+                teacher, criterion, labels, fb_batch, h, mpl_weight=args.mpl_weight,
+                uda_weight=args.uda_weight * min(1.0, (it + 1) / args.uda_warmup),
+                uda_threshold=args.uda_threshold)
+        run.backward(loss_t, it)
+        run.step(optimizer_t)
+        scheduler.step()
+        scheduler_t.step()
 
-        ## epoch tail: validate the student, keep the best, save (best.pth, last.pth), then log
-        losses = check_divergence(meter.means(run), epoch, run.out)
-        result = validate(run, student, val_loader, args.val_size)
-        is_best, best_miou = result["miou"] > best_miou, max(best_miou, result["miou"])
-        done = (epoch + 1) * iters_per_epoch
-        record = epoch_record(epoch, done, result, timer, lr=scheduler.get_last_lr()[0],
-                              lr_t=scheduler_t.get_last_lr()[0], **losses)
-        run.save(checkpoint_state(run, args, parts, epoch, done, best_miou, record), is_best)
-        run.log_epoch(record)
+        val = None
+        if run.epoch_ends(it):              # the student is validated (and saved as best)
+            val = validate(run, student, val_loader, args.val_size)
+            student.train()
+        losses.update(losses_t, h=h, h_positive=(h > 0).float(),
+                      kept=(labels["pseudo"] != IGNORE_INDEX).float().mean())
+        # log; save at an epoch end (best.pth, last.pth), every --save-every, before --time-limit
+        if run.log_and_save(it, losses, val, lr=scheduler.get_last_lr()[0],
+                            lr_t=scheduler_t.get_last_lr()[0]):
+            break                       # --time-limit: saved, continue with --resume
     run.close()
 
 
@@ -224,20 +211,20 @@ def parse_args(argv=None):
     g.add_argument("--teacher", metavar="CKPT", help="the teacher: a trained run's checkpoint")
     g.add_argument("--student", metavar="CKPT", help="the student's start (default: --pretrained)")
     g.add_argument("--thresholds", metavar="JSON", help="gen_pseudo.py's (default: per batch)")
-    g.add_argument("--student-source-weight", type=float, default=1.0, help="0: the paper")
+    g.add_argument("--student-source-weight", type=cli.non_negative_float, default=1.0,
+                   help="0: the paper")
     g.add_argument("--h-sign", choices=("authors", "theory"), default="authors", help="see below")
-    g.add_argument("--mpl-weight", type=float, default=1.0,
+    g.add_argument("--mpl-weight", type=cli.non_negative_float, default=1.0,
                    help="weight of the teacher's feedback term; 0: the control without it")
-    g.add_argument("--lr-teacher", type=float, help="default: the teacher model's LR")
-    g.add_argument("--uda-weight", type=float, default=1.0, help="0 turns the UDA term off")
-    g.add_argument("--uda-threshold", type=float, default=0.9, help="UDA: min weak-view confidence")
+    g.add_argument("--lr-teacher", type=cli.non_negative_float,
+                   help="default: the teacher model's LR")
+    g.add_argument("--uda-weight", type=cli.non_negative_float, default=1.0,
+                   help="0 turns the UDA term off")
+    g.add_argument("--uda-threshold", type=cli.probability, default=0.9,
+                   help="UDA: min weak-view confidence")
     g.add_argument("--uda-warmup", type=cli.positive_int, default=1, help="UDA ramp-up iterations")
-    g.add_argument("--iters-per-epoch", type=cli.positive_int,
-                   help="iterations per epoch (default: one pass over the source)")
     cli.add_run_args(parser, default_out="runs/mpl")
     args = cli.parse(parser, argv, SCRIPT)
-    if not 0 <= args.uda_threshold <= 1:
-        parser.error(f"--uda-threshold {args.uda_threshold}: expected a value in [0, 1]")
     try:
         if not args.resume:
             read_run_inputs(args)

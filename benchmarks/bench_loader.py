@@ -1,4 +1,4 @@
-"""Training-loader throughput: the raw files versus the prepared copy (core/prepared.py).
+"""Training-loader throughput: the raw files versus the prepared copy (core/prepared/).
 
     .venv/bin/python benchmarks/bench_loader.py                    # generated full-size frames
     .venv/bin/python benchmarks/bench_loader.py --gta5-root data/GTA5 \\
@@ -34,13 +34,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` lives at the repo root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core`, `demo` live at the repo root
 from core.datasets import GTA5, Cityscapes  # noqa: E402
-from core.demo import render_frame  # noqa: E402
-from core.demo.write import STREAM_SOURCE, STREAM_TARGET_TRAIN, palette_bytes  # noqa: E402
 from core.prepared import use_prepared  # noqa: E402
 from core.sampling import SOURCE_STREAM, make_loader  # noqa: E402
 from core.transforms import build_transforms  # noqa: E402
+from demo import render_frame  # noqa: E402
+from demo.write import STREAM_SOURCE, STREAM_TARGET_TRAIN, palette_bytes  # noqa: E402
 
 GTA5_SIZE, CITY_SIZE = (720, 1280), (512, 1024)      # working sizes (H, W)
 GTA5_FULL, CITY_FULL = (1914, 1052), (2048, 1024)    # file sizes (W, H)

@@ -1,4 +1,4 @@
-"""Checkpoints: written atomically, loaded without running code, restoring a run exactly.
+"""Checkpoints and run folders: written atomically, loaded without running code, locked.
 
 One dict holds everything: the networks, their optimisers and schedulers, the grad scaler,
 the data-stream positions, the epoch and iteration, the best score, the RNG states, the
@@ -7,17 +7,17 @@ model from it), and the epoch's log line (so a kill between the save and the log
 nothing). Only plain types and tensors are stored, so `torch.load(weights_only=True)` reads
 it: loading a checkpoint someone shared never executes code.
 """
+import fcntl
 import os
 import random
+import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from core.errors import CheckpointError
-from core.logs import LossMeter
+from core.errors import CheckpointError, RunFolderError
 
 TMP_SUFFIX = ".tmp"
 # numpy arrays and scalars of plain dtypes (checkpoints of earlier versions hold numpy's RNG
@@ -110,7 +110,7 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-# --------------------------------------------------------------------------- run state
+# --------------------------------------------------------------------------- run folder
 
 def unwrap(module):
     """The network inside a DistributedDataParallel (or torch.compile) wrapper."""
@@ -118,61 +118,33 @@ def unwrap(module):
     return module.module if hasattr(module, "module") else module
 
 
-def checkpoint_state(run, args, parts, epoch, iteration, best_miou, log_record=None,
-                     step=0, meter=None):
-    """One dict with every part's state (networks unwrapped from DDP), RNGs and the args.
-
-    `epoch` is the last finished epoch (0-based, -1 for none); `iteration` the optimiser steps
-    taken; a mid-epoch checkpoint (--save-every, --time-limit) also holds `step`, the steps
-    taken in the next epoch, and that epoch's running loss sums (`meter`).
-    """
-    state = {name: unwrap(part).state_dict() for name, part in parts.items()}
-    state.update(scaler=run.scaler.state_dict() if run.scaler else None, epoch=epoch,
-                 iteration=iteration, step=step, best_miou=float(best_miou), rng=rng_state(),
-                 script=run.script, args=vars(args), log_record=log_record,
-                 meter=None if meter is None else meter.state_dict())
-    return state
-
-
-@dataclass
-class Start:
-    """Where a run continues: the epoch, the step within it, the best mIoU so far."""
-    epoch: int = 0
-    step: int = 0
-    best_miou: float = -1.0
-    meter_state: dict | None = None
-
-    def first_step(self, epoch):
-        """The first step of `epoch` still to run (a resumed run skips those it took)."""
-        return self.step if epoch == self.epoch else 0
-
-    def meter(self, epoch):
-        """The epoch's loss meter: restored when resuming into the middle of it."""
-        if epoch == self.epoch and self.step and self.meter_state:
-            return LossMeter.from_state(self.meter_state)
-        return LossMeter()
+def lock_folder(folder):
+    """An exclusive lock on folder/.lock for this process's lifetime (freed by the OS when the
+    process dies, even by kill -9). A second run on the same folder is refused."""
+    handle = open(Path(folder) / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise RunFolderError(f"{folder} is in use by another run ({owner}); wait for it to "
+                             f"finish or choose another --out") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
-def resume(run, args, parts):
-    """Restore every part from --resume; returns where to continue (a Start).
+MIN_FREE_BYTES = 1 << 30
 
-    The checkpoint's script and arguments were checked against the command line when the
-    arguments were parsed (core.cli); here the states are loaded.
-    """
-    if not args.resume:
-        return Start()
-    state = load_checkpoint(args.resume)
-    for name, part in parts.items():
-        if name not in state:
-            raise CheckpointError(f"{args.resume} has no '{name}' state: it was written by "
-                                  f"another script ({', '.join(sorted(state))})")
-        if isinstance(part, torch.nn.Module):
-            load_weights(unwrap(part), state[name], args.resume, what=name)
-        else:
-            part.load_state_dict(state[name])
-    if run.scaler and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    set_rng_state(state["rng"])
-    run.restore_log(state.get("log_record"))
-    return Start(state["epoch"] + 1, state.get("step", 0), state["best_miou"],
-                 state.get("meter"))
+
+def check_free_space(folder, need=None):
+    """Refuse to start with under 1 GiB free where checkpoints go (found at the first save,
+    a full disk would cost a whole epoch)."""
+    need = MIN_FREE_BYTES if need is None else need
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise RunFolderError(f"only {free / 2**20:.0f} MiB free in {folder}: checkpoints need "
+                             f"about 1 GiB; free some space or choose another --out")

@@ -9,18 +9,28 @@ flags that would change it (--lr, --epochs, --batch-size, --seed, ...) are refus
 differ, and only session flags (SESSION_FLAGS) apply.
 """
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 import torch
 
-from core.checkpoint import load_checkpoint
+from core.checkpoint import load_checkpoint, unwrap
 from core.datasets import GTA5, Cityscapes, PseudoLabelDataset
 from core.errors import ConfigError, SegDAError
-from core.models import BACKBONES, MODEL_NAMES, model_options, resolve_backbone
+from core.labels import NUM_CLASSES
+from core.models import (
+    BACKBONES,
+    MODEL_NAMES,
+    build_model,
+    model_options,
+    param_groups,
+    resolve_backbone,
+)
 from core.prepared import use_prepared
 from core.transforms import build_transforms
+from demo import DEMO_ROOT, DemoPaths
 
 # Per-model optimisation defaults.
 MODEL_DEFAULTS = {
@@ -69,15 +79,53 @@ def check_output_file(parser, path, overwrite, what):
     return out
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text}")
+# Flag types that state their range: argparse names the flag in the error (exit 2), so a bad
+# value never reaches an optimiser or a loader as a traceback. Every numeric flag of every
+# script uses one of them (tests/test_flags.py walks them all).
+
+def _number(text, convert, low, high, low_open, what):
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
     return value
 
 
-def add_device_arg(p):
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+def positive_int(text):
+    return _number(text, int, 1, math.inf, False, "an integer >= 1")
+
+
+def non_negative_int(text):
+    return _number(text, int, 0, math.inf, False, "an integer >= 0")
+
+
+def positive_float(text):
+    return _number(text, float, 0.0, math.inf, True, "a number > 0")
+
+
+def non_negative_float(text):
+    return _number(text, float, 0.0, math.inf, False, "a number >= 0")
+
+
+def probability(text):
+    return _number(text, float, 0.0, 1.0, False, "a number in [0, 1]")
+
+
+NUMERIC_TYPES = (positive_int, non_negative_int, positive_float, non_negative_float, probability)
+
+
+def warn_zero_learning_rates(args):
+    """A learning rate of 0 is legal (a frozen network) but almost always a typo: say so."""
+    for name, value in sorted(vars(args).items()):
+        if name.startswith("lr") and value == 0:
+            print(f"warning: --{name.replace('_', '-')} 0: that network's weights will never "
+                  f"change", file=sys.stderr, flush=True)
+
+
+def add_device_arg(p, help="default auto: CUDA when PyTorch sees a GPU, else the CPU"):
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=help)
 
 
 def add_data_args(p, target=False):
@@ -104,15 +152,16 @@ def add_data_args(p, target=False):
                         "target size, 512 1024); logits are upsampled to the label size")
     g.add_argument("--aug", default="none",
                    help="source augmentations, comma-separated from flip,jitter,blur,scale")
-    g.add_argument("--aug-p", type=float, default=0.5, help="probability of each augmentation")
+    g.add_argument("--aug-p", type=probability, default=0.5,
+                   help="probability of each augmentation")
     g.add_argument("--crop", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="train on random crops of this size of the resized source images "
                         "(train_fda.py: default the target size, as FDA's code crops)")
-    g.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    g.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1))
     g.add_argument("--prepared", metavar="DIR",
                    help="read the training sets from copies decoded and resized once, kept "
                         "in DIR (made, or brought up to date, at start; identical items, "
-                        "several times faster to load; see core/prepared.py). Default: the "
+                        "several times faster to load; see core/prepared/). Default: the "
                         "raw files")
 
 
@@ -125,6 +174,14 @@ def add_model_args(p):
     g.add_argument("--pretrained", default=None,
                    help="imagenet (default; torchvision's weights from its cache; stdc: the "
                         "authors' STDCNet .tar there), a .pth/.tar path, or none")
+    g.add_argument("--deeplab-bn", choices=("train", "frozen"), default=None,
+                   help="deeplabv2: BatchNorm with frozen affine parameters normalising with "
+                        "each batch's statistics in training (default train: AdaptSegNet's, "
+                        "FDA's, BDL's code), or always the stored ImageNet statistics (frozen)")
+    g.add_argument("--stdc-groups", choices=("authors", "all"), default=None,
+                   help="stdc: the optimiser's parameter groups: the authors' get_params "
+                        "(default; backbone BatchNorm never trained, no decay on BatchNorm) "
+                        "or all (every parameter, all with weight decay)")
     g.add_argument("--arm-bn", action="store_true",
                    help="bisenet: BatchNorm in the attention refinement modules (the paper, "
                         "CoinCheung/BiSeNet); default: without, as the course code computes")
@@ -133,19 +190,21 @@ def add_model_args(p):
 def add_optim_args(p):
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
-    g.add_argument("--lr", type=float, default=None,
+    g.add_argument("--lr", type=non_negative_float, default=None,
                    help="default: " + ", ".join(f"{m} {d['lr']}" for m, d in
                                                 MODEL_DEFAULTS.items()))
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--weight-decay", type=float, default=None,
+    g.add_argument("--momentum", type=probability, default=0.9)
+    g.add_argument("--weight-decay", type=non_negative_float, default=None,
                    help="default: " + ", ".join(f"{m} {d['weight_decay']}" for m, d in
                                                 MODEL_DEFAULTS.items()))
-    g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.99))
+    g.add_argument("--adam-betas", type=probability, nargs=2, default=(0.9, 0.99))
     g.add_argument("--loss", choices=("ce", "focal", "weighted-ce"), default="ce")
-    g.add_argument("--focal-gamma", type=float, default=2.0)
+    g.add_argument("--focal-gamma", type=non_negative_float, default=2.0)
     g.add_argument("--epochs", type=positive_int, default=None,
                    help=f"default {DEFAULT_EPOCHS} (the course project's), "
                         f"{DEMO_SETTINGS['epochs']} with --demo")
+    g.add_argument("--iters-per-epoch", type=positive_int, metavar="ITERS",
+                   help="iterations between validations (default: one pass over the source)")
     g.add_argument("--poly-iters", type=positive_int, default=None, metavar="ITERS",
                    help="horizon of the poly LR decay (default: the run's length, so the LR "
                         "reaches 0; the official UDA runs stop early, e.g. AdaptSegNet at "
@@ -168,13 +227,16 @@ def add_run_args(p, default_out):
     g.add_argument("--save-every", type=positive_int, metavar="STEPS",
                    help="also write last.pth every that many iterations (mid-epoch; a resume "
                         "continues exactly from there)")
-    g.add_argument("--time-limit", type=float, metavar="MINUTES",
+    g.add_argument("--time-limit", type=positive_float, metavar="MINUTES",
                    help="save and stop cleanly before this session has run that long "
                         "(Colab/Kaggle); continue later with --resume")
     g.add_argument("--log-every", type=positive_int, default=50, metavar="STEPS",
                    help="write the running losses to metrics.jsonl every that many iterations "
                         "(training curves: plot_runs.py)")
-    g.add_argument("--seed", type=int, default=42)
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write metrics.jsonl's numbers to a TensorBoard event file in the "
+                        "run folder (needs the tensorboard package)")
+    g.add_argument("--seed", type=non_negative_int, default=42)
     add_device_arg(g)
     g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or "
                                                       "fp16 with loss scaling)")
@@ -198,6 +260,7 @@ def parse(parser, argv=None, script=None):
     except SegDAError as e:
         parser.error(str(e))
     vars(args).pop("default_out", None)
+    warn_zero_learning_rates(args)
     return args
 
 
@@ -252,9 +315,8 @@ def resume_args(parser, args, given, script):
 
 def resolve_defaults(args, parser):
     """Fill defaults: explicit flag > --demo setting > model default > flag default."""
-    if args.demo:
-        from core.demo import ensure_demo  # generated on first use only
-        paths = ensure_demo()
+    if args.demo:       # the built-in pair's folders (core.runtime.Run makes it on first use)
+        paths = DemoPaths.of(DEMO_ROOT)
         args.source_root = args.source_root or str(
             paths.source if args.source == "gta5" else paths.target)
         if args.source == "gta5" and args.source_split is None:
@@ -289,7 +351,14 @@ def resolve_defaults(args, parser):
     if args.crop and (args.crop[0] > args.source_size[0] or args.crop[1] > args.source_size[1]):
         raise ConfigError(f"--crop {args.crop[0]} {args.crop[1]} is larger than the source "
                           f"working size {args.source_size[0]} {args.source_size[1]}")
-    if args.model == "deeplabv2" and args.pretrained == "none":
+    for flag, model, default in (("deeplab_bn", "deeplabv2", "train"),
+                                 ("stdc_groups", "stdc", "authors")):
+        if getattr(args, flag) is not None and args.model != model:
+            raise ConfigError(f"--{flag.replace('_', '-')} is an option of --model {model}, "
+                              f"not {args.model}")
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
+    if args.model == "deeplabv2" and args.deeplab_bn == "frozen" and args.pretrained == "none":
         raise ConfigError("--model deeplabv2 --pretrained none cannot train: its BatchNorm is "
                           "frozen (Caffe style), which random weights cannot work with; pass "
                           "--pretrained imagenet or a torchvision ResNet-101 state dict")
@@ -340,12 +409,23 @@ def poly_horizon(args, iters_per_epoch):
     return args.poly_iters or args.epochs * iters_per_epoch
 
 
-def build_optimizer(args, groups):
+def build_segmenter(args):
+    """The segmentation network that --model, --backbone, --pretrained (and the architecture
+    options a run records) describe."""
+    return build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained,
+                       **model_options(args))
+
+
+def build_optimizer(args, model, lr=None, weight_decay=None):
+    """--optimizer over the network's parameter groups (core.models.param_groups), at --lr and
+    --weight-decay unless other values are given (MPL's teacher)."""
+    lr = args.lr if lr is None else lr
+    weight_decay = args.weight_decay if weight_decay is None else weight_decay
+    groups = param_groups(unwrap(model), lr, weight_decay)
     if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum,
-                               weight_decay=args.weight_decay)
-    return torch.optim.Adam(groups, lr=args.lr, betas=tuple(args.adam_betas),
-                            weight_decay=args.weight_decay)
+        return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=weight_decay)
+    return torch.optim.Adam(groups, lr=lr, betas=tuple(args.adam_betas),
+                            weight_decay=weight_decay)
 
 
 # --------------------------------------------------------------------------- running
@@ -368,3 +448,28 @@ def entry(main, parse_args):
         main(args)
     except SegDAError as e:
         sys.exit(f"error: {one_line(e)}")
+
+
+# ---- inference scripts ------------------------------------------------------------------
+# evaluate.py, gen_pseudo.py and predict.py: one flag group, with each script's defaults.
+
+def add_inference_args(parser, batch_size=1, workers=2, size_help=None):
+    """The flags the inference scripts share: the ensemble (the positional checkpoint plus
+    --ensemble's, one mean softmax), the size images are fed at, batching, loading, --amp and
+    --device. Each script passes its own defaults; returns the argument group."""
+    g = parser.add_argument_group("inference")
+    g.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
+                   help="more checkpoints: one ensemble with the first, averaging their "
+                        "softmax (FDA's multi-band ensemble); default: none")
+    g.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
+                   help=size_help or "working size the images are fed at (default: the "
+                                     "size stored in each checkpoint)")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"images per forward pass (default {batch_size})")
+    g.add_argument("--workers", type=non_negative_int, default=workers,
+                   help=f"image-loading processes, 0 = the main process (default {workers})")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision on CUDA, bf16 else fp16 (default off; no effect on "
+                        "CPU)")
+    add_device_arg(g)
+    return g

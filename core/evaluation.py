@@ -6,6 +6,7 @@ whole set. Both sizes are reported with every result, since published numbers mo
 """
 import contextlib
 import functools
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +41,16 @@ def predict_classes(models, sizes, images, out_size):
     if len(models) == 1:
         return predict_logits(models[0], images, sizes[0], out_size).argmax(1)
     return predict_probs(models, sizes, images, out_size).argmax(1)
+
+
+def ensemble_paths(first, others=()):
+    """The checkpoints of one ensemble (the inference scripts' CHECKPOINT --ensemble CKPT ...):
+    `first`, then `others`, in order, as they were written; a file named twice (under any
+    spelling) counts once, so the ensemble of a checkpoint with itself is that checkpoint."""
+    paths = {}
+    for path in (first, *others):
+        paths.setdefault(Path(path).resolve(), str(path))
+    return list(paths.values())
 
 
 def inference_autocast(device, amp):
@@ -97,7 +108,8 @@ def load_model(path, device, size=None, net="model"):
         if "teacher" not in state:
             raise CheckpointError(f"{path} holds no teacher (train_mpl.py checkpoints do)")
         name, backbone = stored["teacher_model"], stored["teacher_backbone"]
-        options = stored["teacher_options"]
+        # (options the run predates: the values its teacher was trained with)
+        options = model_options({"model": name, **stored["teacher_options"]})
     else:
         name, backbone, options = stored["model"], stored["backbone"], model_options(stored)
     model = build_model(name, NUM_CLASSES, backbone, pretrained="none", **options)

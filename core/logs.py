@@ -3,6 +3,8 @@
 metrics.jsonl holds one JSON object per line: a first line with the arguments, seed, git
 commit, torch version and device, then one line per epoch (losses, LR, val mIoU, pixel
 accuracy, seconds), and events such as resumes. NaN is written as null (valid JSON).
+Optionally (`RunLog(..., tensorboard=True)`) the lines that carry an iteration are mirrored
+to a TensorBoard event file in the run folder.
 """
 import json
 import math
@@ -10,6 +12,35 @@ import time
 from pathlib import Path
 
 import torch
+
+from core.errors import ConfigError
+
+TENSORBOARD_MISSING = ("--tensorboard needs the tensorboard package: pip install tensorboard "
+                       "(or -r requirements-extras.txt)")
+EVENT_FILE_GLOB = "events.out.tfevents.*"
+NOT_SCALARS = ("epoch", "iteration", "event")
+
+
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # torch.utils.tensorboard imports the tensorboard package
+        raise ConfigError(TENSORBOARD_MISSING) from None
+    return SummaryWriter
+
+
+def tensorboard_scalars(record):
+    """The TensorBoard scalars of a metrics.jsonl record: {tag: value}.
+
+    Tags are the record's keys: as they are for an epoch line (no "event": "val_miou",
+    "val_pixel_acc", "loss_seg", "lr", "seconds"), prefixed by the event otherwise
+    ("train/loss_seg", "train/lr" for the --log-every lines). "epoch", "iteration" and "event"
+    are not scalars; neither is anything that is not a number (None, i.e. NaN, included).
+    """
+    prefix = f"{record['event']}/" if record.get("event") else ""
+    return {f"{prefix}{key}": value for key, value in _plain(record).items()
+            if key not in NOT_SCALARS and isinstance(value, int | float)
+            and not isinstance(value, bool)}
 
 
 def _plain(value):
@@ -28,21 +59,71 @@ def _plain(value):
 
 
 class RunLog:
-    """metrics.jsonl of a run; a disabled log (ranks other than 0) writes nothing."""
+    """metrics.jsonl of a run; a disabled log (ranks other than 0) writes nothing.
 
-    def __init__(self, path, enabled=True):
+    tensorboard=True mirrors every record that has an "iteration" (the --log-every lines, the
+    epoch lines) to a TensorBoard event file in the run folder (the folder of `path`): one
+    scalar per number, named as `tensorboard_scalars` says (e.g. "val_miou" for the epoch
+    lines, "train/loss_seg" for the --log-every lines), at step = the record's iteration.
+    The event file is flushed after each epoch line; call `close()` at the end of the run.
+    Without the tensorboard package the constructor raises ConfigError, on every rank.
+
+    Sessions: `start()` (a new run) removes the folder's old event files with the old
+    metrics.jsonl. A resumed session calls `open_tensorboard(purge_step=k + 1)`, k being the
+    iteration of the checkpoint it resumes from, before it writes anything with an iteration
+    (`ensure_epoch` included): TensorBoard then discards what the killed session logged at
+    steps >= k + 1, which this session logs again, so every curve has one point per step.
+    If no session was opened, the first record with an iteration opens one with purge_step =
+    that iteration (right for the --log-every lines; an epoch line restored by `ensure_epoch`
+    at k would also purge the killed session's --log-every point at k).
+    """
+
+    def __init__(self, path, enabled=True, tensorboard=False):
         self.path, self.enabled = Path(path), enabled
+        self.tensorboard = tensorboard
+        self._summary_writer = _summary_writer_class() if tensorboard else None
+        self._writer = None
 
     def start(self, record):
         """A new run: a fresh file whose first line describes the run."""
         if self.enabled:
             self.path.unlink(missing_ok=True)
+            if self.tensorboard:
+                self.close()
+                for old in self.path.parent.glob(EVENT_FILE_GLOB):
+                    old.unlink(missing_ok=True)
             self.write(record)
+
+    def open_tensorboard(self, purge_step=None):
+        """Start this session's event file. purge_step: the first iteration this session
+        will log (a resumed session: its checkpoint's iteration + 1); TensorBoard discards the
+        steps >= purge_step of the earlier files in the folder. No-op without tensorboard, on
+        a disabled log, or when this session's file is already open."""
+        if self.tensorboard and self.enabled and self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = self._summary_writer(log_dir=str(self.path.parent),
+                                                purge_step=purge_step)
 
     def write(self, record):
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(_plain(record), allow_nan=False) + "\n")
+            if self.tensorboard and record.get("iteration") is not None:
+                self._mirror(record)
+
+    def _mirror(self, record):
+        step = int(record["iteration"])
+        self.open_tensorboard(purge_step=step)
+        for tag, value in tensorboard_scalars(record).items():
+            self._writer.add_scalar(tag, value, global_step=step)
+        if "epoch" in record and not record.get("event"):
+            self._writer.flush()
+
+    def close(self):
+        """Flush and close the event file (a later write opens a new one)."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def records(self):
         if not self.path.is_file():
@@ -50,8 +131,9 @@ class RunLog:
         return [json.loads(line) for line in self.path.read_text().splitlines() if line]
 
     def ensure_epoch(self, record):
-        """Append an epoch's line unless the file has it (a kill came after its checkpoint)."""
-        if any(r.get("epoch") == record["epoch"] for r in self.records()):
+        """Append an epoch's line unless the file has it (a kill came after its checkpoint).
+        Only epoch lines count: the --log-every lines ("event": "train") carry an "epoch" too."""
+        if any(r.get("epoch") == record["epoch"] and not r.get("event") for r in self.records()):
             return
         self.write(record)
 
@@ -97,12 +179,6 @@ class Timer:
 
     def seconds(self):
         return round(time.perf_counter() - self.t0, 2)
-
-
-def epoch_record(epoch, iteration, result, timer, **values):
-    """The metrics.jsonl line of an epoch (`epoch` 0-based here, 1-based in the file)."""
-    return {"epoch": epoch + 1, "iteration": iteration, **values, "val_miou": result["miou"],
-            "val_pixel_acc": result["pixel_acc"], "seconds": timer.seconds()}
 
 
 def print_epoch(record):

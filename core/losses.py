@@ -96,8 +96,13 @@ def detail_target(labels):
     clamped at 0, upsampled (nearest) to full size and binarised (> 0.1); the three fused
     with weights 0.6, 0.3, 0.1 and binarised again (> 0.1). A pixel that is an edge only at
     stride 4 scores exactly 0.1 and is dropped, so the target is the stride-1 or stride-2
-    boundary. (The authors' fuse weights are an nn.Parameter, but the thresholding cuts
-    their gradient, so they stay at these values.)
+    boundary. Here the fuse weights are constants. (The authors' are an nn.Parameter,
+    loss/detail_loss.py, whose gradient the thresholding makes zero, but optimizer_loss.py
+    puts it in an SGD group with weight decay 5e-4, so they shrink, to 0.21 of these values
+    over their 60k-iteration schedule. Edges at stride 2 but not at stride 1 then leave
+    their target once 0.3 (0.4 with a stride-4 edge too) times that factor falls to 0.1, from
+    about iteration 28.8k (41.4k): their late target is the stride-1 boundary alone. Not
+    reproduced.)
     """
     x = labels[:, None].float()
     kernel = torch.tensor(LAPLACIAN, device=x.device).view(1, 1, 3, 3)

@@ -1,21 +1,30 @@
-"""One training run's machinery: process group, device, precision, run folder and its log.
+"""One training run from start to end: device, precision, data streams, run folder, log,
+checkpoints, resume, and when to stop.
 
-    run = Run(args, "train_source")      # torchrun-aware: rank, device, AMP, seeds, folder lock
-    model = run.place(build_model(...))   # on the device (channels_last), in DDP when distributed
-    with run.autocast(): loss = ...
-    run.scaler.scale(loss).backward()
-    run.scaler.step(optimizer); run.scaler.update(); optimizer.zero_grad(set_to_none=True)
+    run = Run(args, "train_source")     # torchrun-aware: rank, device, AMP, seeds
+    stream = run.stream(source_set, "source")          # endless batches, resumable
+    model = run.place(build_model(...))  # on the device; in DDP when distributed
+    start, stop = run.begin(parts, iters_per_epoch)    # open --out; --resume: load `parts`
+    for it in run.progress(range(start, stop)):
+        with run.autocast(): loss = ...
+        run.backward(loss, it)           # stops on a NaN/inf loss before it reaches the weights
+        run.step(optimizer)
+        val = validate(...) if run.epoch_ends(it) else None
+        if run.log_and_save(it, {"loss": loss}, val, lr=...):   # True: --time-limit reached
+            break
+
+`log_and_save` is the one place that writes checkpoints: last.pth (and best.pth on a new
+best) after each epoch's validation, and mid-epoch every --save-every iterations or just before
+--time-limit, so that --resume continues any of them exactly.
 
 Launched by `torchrun`, a run initialises torch.distributed itself (gloo on CPU, nccl on
 CUDA): each rank sees its own shard of the data; only rank 0 writes the log and checkpoints.
 """
 import contextlib
-import fcntl
 import math
 import os
 import platform
 import random
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -23,19 +32,29 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from core.checkpoint import remove_orphaned_temp_files, save_checkpoint, unwrap
-from core.errors import ConfigError, NonFiniteLossError, RunFolderError
-from core.logs import RunLog, print_epoch
-from core.sampling import EVAL_STREAM, make_loader
+from core.checkpoint import (
+    check_free_space,
+    load_checkpoint,
+    load_weights,
+    lock_folder,
+    remove_orphaned_temp_files,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    unwrap,
+)
+from core.errors import CheckpointError, ConfigError, NonFiniteLossError, RunFolderError
+from core.logs import LossMeter, RunLog, Timer, print_epoch
+from core.sampling import LOAD_SECONDS, Stream, TimedItems, make_loader
 
 # An epoch whose mean loss passes this has diverged (cross-entropy over 19 classes starts
 # near ln 19 = 2.9): it is never saved as best.pth, and the run stops.
 DIVERGED_LOSS = 1e3
-# Key of the per-item loading time in timed training batches (see TimedItems).
-LOAD_SECONDS = "load_seconds"
+# --time-limit keeps in reserve a few of the slowest steps seen, plus a save.
+SLOWEST_STEPS_KEPT = 3
+SAVE_SECONDS_GUESS = 30.0
 
 
 def seed_everything(seed):
@@ -66,45 +85,8 @@ def git_commit():
         return None
 
 
-def check_finite(loss, iteration, out):
-    """Stop before a NaN/inf loss reaches the weights (and so any checkpoint)."""
-    if not torch.isfinite(loss.detach()).all():
-        last = Path(out) / "last.pth"
-        where = (f"the last good checkpoint is {last}" if last.is_file()
-                 else "no checkpoint was written yet")
-        raise NonFiniteLossError(f"loss is {loss.item()} at iteration {iteration}; stopping "
-                                 f"without saving; {where} (try a lower --lr)")
-
-
-def check_divergence(losses, epoch, out):
-    """An epoch whose mean losses are non-finite or exploded is never saved or validated."""
-    for name, value in losses.items():
-        if not math.isfinite(value) or abs(value) > DIVERGED_LOSS:
-            last = Path(out) / "last.pth"
-            where = (f"the last good checkpoint is {last}" if last.is_file()
-                     else "no checkpoint was written yet")
-            raise NonFiniteLossError(f"mean {name} of epoch {epoch + 1} is {value:.4g}: the "
-                                     f"run diverged; stopping without saving; {where} (try a "
-                                     f"lower --lr)")
-    return losses
-
-
-def report_data(run, train_set, val_set):
-    """Before the first epoch: every validation file must open (a broken one would surface
-    only after an epoch of training), and labels not the size of their image are named."""
-    if not run.is_main:
-        return
-    val_set.verify_readable()
-    mismatched = train_set.size_mismatches()
-    if mismatched:
-        print(f"note: {len(mismatched)} label(s) of {train_set.root} differ in size from their "
-              f"image; both are resized to the working size independently: "
-              + ", ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else ""),
-              flush=True)
-
-
 class Run:
-    """Device, precision, process group, output folder and log of one training run."""
+    """Everything one training run has besides its networks and losses, from start to end."""
 
     def __init__(self, args, script):
         self.args, self.script = args, script
@@ -125,12 +107,15 @@ class Run:
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.out = Path(args.out)
-        self.log = RunLog(self.out / "metrics.jsonl", enabled=self.is_main)
+        self.log = RunLog(self.out / "metrics.jsonl", enabled=self.is_main,
+                          tensorboard=getattr(args, "tensorboard", False))
         self._lock = None
         # On CUDA each epoch starts with the loaders' CPU seconds per iteration: whether the
-        # GPU waits for data. `train_loader` then times the loading of every item.
+        # GPU waits for data. `stream` then times the loading of every item.
         self.time_loading = self.device.type == "cuda"
         self._timed, self._load_seconds, self._load_iters = [], 0.0, 0
+        if getattr(args, "demo", False):
+            self._make_demo()
         seed_everything(args.seed + self.rank)
 
     @staticmethod
@@ -141,6 +126,241 @@ class Run:
         backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
         dist.init_process_group(backend)
         return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
+
+    def _make_demo(self):
+        """--demo: the built-in pair, generated (rank 0) the first time a run needs it."""
+        from demo import ensure_demo  # the renderer, only for runs that use it
+        if self.is_main:
+            ensure_demo()
+        self.barrier()
+
+    # -- data and networks ---------------------------------------------------------------
+    def stream(self, dataset, role):
+        """Endless shuffled training batches of --batch-size (per process) from this rank's
+        shard; `role` ('source', 'target', 'feedback') keeps two loaders' orders apart.
+
+        On CUDA: pinned memory, workers kept from pass to pass, items timed (TimedItems)."""
+        cuda = self.device.type == "cuda"
+        if self.time_loading:
+            dataset = TimedItems(dataset)
+            self._timed.append(dataset)
+        return Stream(make_loader(dataset, self.args.batch_size, self.args.seed, role,
+                                  train=True, workers=self.args.workers, rank=self.rank,
+                                  world_size=self.world_size, pin_memory=cuda,
+                                  persistent_workers=cuda))
+
+    def val_loader(self, dataset, batch_size=1):
+        """This rank's shard of the validation set, in order, no sample twice."""
+        return make_loader(dataset, batch_size, self.args.seed, "eval", train=False,
+                           workers=self.args.workers, rank=self.rank,
+                           world_size=self.world_size, pin_memory=self.device.type == "cuda")
+
+    def check_data(self, train_set, val_set):
+        """Before the first step: every validation file must open (a broken one would surface
+        only after an epoch of training), and labels not the size of their image are named."""
+        if not self.is_main:
+            return
+        val_set.verify_readable()
+        mismatched = train_set.size_mismatches()
+        if mismatched:
+            print(f"note: {len(mismatched)} label(s) of {train_set.root} differ in size from "
+                  f"their image; both are resized to the working size independently: "
+                  + ", ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else ""),
+                  flush=True)
+
+    def place(self, module, ddp=True):
+        """Move to the device (channels_last if asked); wrap in DDP when distributed."""
+        module = module.to(self.device)
+        if self.args.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+        if ddp and self.world_size > 1:
+            frozen = getattr(self.args, "deeplab_bn", "frozen") == "frozen"
+            if getattr(self.args, "sync_bn", False) and not (self.args.model == "deeplabv2"
+                                                             and frozen):
+                # (--deeplab-bn frozen: no batch statistics to sync)
+                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
+        return module
+
+    def to_device(self, batch):
+        """A loader's batch on the device: uint8 images, labels (if any) as int64 class ids."""
+        batch = dict(batch)
+        seconds = batch.pop(LOAD_SECONDS, None)
+        if seconds is not None:
+            self._load_seconds += float(seconds.sum())
+        batch["image"] = batch["image"].to(self.device, non_blocking=True)
+        if self.args.channels_last:
+            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        if "label" in batch:
+            batch["label"] = batch["label"].to(self.device, non_blocking=True).long()
+        return batch
+
+    # -- one optimisation step -----------------------------------------------------------
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def backward(self, loss, it):
+        """Gradients of `loss` (scaled under fp16 AMP). A NaN/inf loss stops the run here,
+        before it reaches the weights and so any checkpoint."""
+        if not torch.isfinite(loss.detach()).all():
+            raise NonFiniteLossError(f"loss is {loss.item()} at iteration {it}; stopping "
+                                     f"without saving; {self._last_good()} (try a lower --lr)")
+        self.scaler.scale(loss).backward()
+
+    def step(self, *optimizers):
+        """One update of each optimiser from its gradients, which are then cleared."""
+        for optimizer in optimizers:
+            self.scaler.step(optimizer)
+        self.scaler.update()
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+
+    def _last_good(self):
+        last = self.out / "last.pth"
+        return f"the last good checkpoint is {last}" if last.is_file() else \
+            "no checkpoint was written yet"
+
+    # -- the run's lifetime --------------------------------------------------------------
+    def begin(self, parts, iters_per_epoch):
+        """Open --out and, with --resume, restore every part (networks, optimisers,
+        schedulers, streams), the RNGs and the running losses. Returns (start, stop): the
+        iteration to continue from and the one this session ends at (--epochs, --stop-after).
+
+        `parts` maps checkpoint keys to objects with state_dict/load_state_dict."""
+        self.parts, self.iters_per_epoch = parts, iters_per_epoch
+        self.open_folder()
+        start, self.best_miou, self.meter = 0, -1.0, LossMeter()
+        if self.args.resume:
+            start = self._restore(self.args.resume)
+        epochs = min(self.args.epochs, self.args.stop_after or self.args.epochs)
+        limit = getattr(self.args, "time_limit", None)
+        self._deadline = None if limit is None else time.monotonic() + 60 * limit
+        self._last_step, self._slowest, self._stop = time.monotonic(), 0.0, False
+        self._timer = Timer()
+        return start, epochs * iters_per_epoch
+
+    def _restore(self, path):
+        """Load a checkpoint's states into the parts; returns its iteration. (Its script and
+        arguments were checked against the command line when they were parsed: core.cli.)"""
+        state = load_checkpoint(path)
+        for name, part in self.parts.items():
+            if name not in state:
+                raise CheckpointError(f"{path} has no '{name}' state: it was written by "
+                                      f"another script ({', '.join(sorted(state))})")
+            if isinstance(part, torch.nn.Module):
+                load_weights(unwrap(part), state[name], path, what=name)
+            else:
+                part.load_state_dict(state[name])
+        if self.scaler and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        # TensorBoard: what the killed session logged after this checkpoint is dropped
+        self.log.open_tensorboard(purge_step=state["iteration"] + 1)
+        if self.is_main and state.get("log_record") is not None:
+            self.log.ensure_epoch(state["log_record"])   # a kill came before its log line
+        self.best_miou = float(state["best_miou"])
+        start = state["iteration"]
+        if start % self.iters_per_epoch and state.get("meter"):   # mid-epoch: its losses
+            self.meter = LossMeter.from_state(state["meter"])
+        return start
+
+    def progress(self, iterations):
+        """The iterations with a progress bar (rank 0), after the data-loading line."""
+        if self._timed and self.is_main:
+            self.report_loading()
+        self._load_seconds, self._load_iters = 0.0, 0
+        self._bar = tqdm(iterations, desc=self.script, initial=iterations.start,
+                         total=iterations.stop, disable=not self.is_main, dynamic_ncols=True,
+                         mininterval=1.0, leave=False)
+        return self._bar
+
+    def epoch_ends(self, it):
+        """True after the last iteration of an epoch: time to validate."""
+        return (it + 1) % self.iters_per_epoch == 0
+
+    def log_and_save(self, it, losses, val=None, **values):
+        """After iteration `it`: add its losses to the epoch's means; every --log-every
+        iterations a metrics.jsonl line. At an epoch end (`val`, the validation result) the
+        epoch's line, best.pth on a new best and last.pth; mid-epoch, last.pth every
+        --save-every iterations or just before --time-limit. Returns True when this session
+        must stop (--time-limit), after saving. `values`: the LRs and such, logged as given."""
+        done = it + 1
+        self.meter.add(**losses)
+        self._load_iters += 1
+        self._bar.set_postfix(self.meter.postfix(*list(self.meter.sums)[:3]))
+        if self.log_every_due(done):
+            self.log.write({"event": "train", "epoch": it // self.iters_per_epoch + 1,
+                            "iteration": done, **values, **self.meter.means(self)})
+        time_is_up = self._time_is_up()
+        if val is not None:
+            self._end_epoch(done, val, values)
+        elif time_is_up or (self.args.save_every and done % self.args.save_every == 0):
+            self._save(done)
+        return time_is_up
+
+    def log_every_due(self, done):
+        return bool(self.args.log_every) and done % self.args.log_every == 0
+
+    def _end_epoch(self, done, val, values):
+        """Epoch line, checkpoints (best.pth first: a kill between the two leaves last.pth one
+        epoch behind, never a stale best), then the line in metrics.jsonl and on screen."""
+        losses = self._check_divergence(self.meter.means(self), done // self.iters_per_epoch)
+        is_best = val["miou"] > self.best_miou
+        self.best_miou = max(self.best_miou, val["miou"])
+        record = {"epoch": done // self.iters_per_epoch, "iteration": done, **values, **losses,
+                  "val_miou": val["miou"], "val_pixel_acc": val["pixel_acc"],
+                  "seconds": self._timer.seconds()}
+        self._save(done, record, is_best)
+        if self.is_main:
+            self.log.write(record)
+            self._bar.clear()
+            print_epoch(record)
+            if self._timed:
+                self.report_loading()
+        self.meter, self._timer, self._load_seconds, self._load_iters = \
+            LossMeter(), Timer(), 0.0, 0
+
+    def _check_divergence(self, losses, epoch):
+        """An epoch whose mean losses are non-finite or exploded is never saved."""
+        for name, value in losses.items():
+            if not math.isfinite(value) or abs(value) > DIVERGED_LOSS:
+                raise NonFiniteLossError(f"mean {name} of epoch {epoch} is {value:.4g}: the "
+                                         f"run diverged; stopping without saving; "
+                                         f"{self._last_good()} (try a lower --lr)")
+        return losses
+
+    def _save(self, done, record=None, is_best=False):
+        """Every part's state (networks unwrapped from DDP), the RNGs and the arguments, after
+        `done` iterations; mid-epoch also the epoch's running losses. Rank 0 writes."""
+        if self.is_main:
+            state = {name: unwrap(part).state_dict() for name, part in self.parts.items()}
+            state.update(scaler=self.scaler.state_dict(), iteration=done,
+                         epoch=done // self.iters_per_epoch - 1,   # last finished, 0-based
+                         best_miou=float(self.best_miou), rng=rng_state(), script=self.script,
+                         args=vars(self.args), log_record=record,
+                         meter=None if record else self.meter.state_dict())
+            if is_best:
+                save_checkpoint(state, self.out / "best.pth")
+            save_checkpoint(state, self.out / "last.pth")
+        self.barrier()
+
+    def _time_is_up(self):
+        """--time-limit: True once the slowest steps seen and a save no longer fit in it
+        (every process stops together: rank 0's clock decides)."""
+        now = time.monotonic()
+        self._slowest, self._last_step = max(self._slowest, now - self._last_step), now
+        if self._deadline is None or self._stop:
+            return self._stop
+        flag = now + SLOWEST_STEPS_KEPT * self._slowest + SAVE_SECONDS_GUESS >= self._deadline
+        if self.world_size > 1:
+            t = torch.tensor([float(flag)], device=self.device)
+            dist.broadcast(t, src=0)
+            flag = bool(t.item())
+        self._stop = flag
+        return flag
 
     # -- the run folder ------------------------------------------------------------------
     def open_folder(self):
@@ -166,70 +386,10 @@ class Run:
                                 "python": platform.python_version()})
         self.barrier()
 
-    def restore_log(self, record):
-        """After a kill between a checkpoint and its log line: write the line it holds."""
-        if self.is_main and record is not None:
-            self.log.ensure_epoch(record)
-
     def device_name(self):
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
         return f"cpu ({os.cpu_count()} cores)"
-
-    # -- data and models -----------------------------------------------------------------
-    def train_loader(self, dataset, stream):
-        """Shuffled training batches of --batch-size (per process) from this rank's shard.
-
-        On CUDA: pinned memory, workers kept from pass to pass, items timed (TimedItems)."""
-        cuda = self.device.type == "cuda"
-        if self.time_loading:
-            dataset = TimedItems(dataset)
-            self._timed.append(dataset)
-        return make_loader(dataset, self.args.batch_size, self.args.seed, stream, train=True,
-                           workers=self.args.workers, rank=self.rank,
-                           world_size=self.world_size, pin_memory=cuda, persistent_workers=cuda)
-
-    def val_loader(self, dataset, batch_size=1):
-        """This rank's shard of the validation set, in order, no sample twice."""
-        return make_loader(dataset, batch_size, self.args.seed, EVAL_STREAM, train=False,
-                           workers=self.args.workers, rank=self.rank,
-                           world_size=self.world_size, pin_memory=self.device.type == "cuda")
-
-    def place(self, module, ddp=True):
-        """Move to the device (channels_last if asked); wrap in DDP when distributed."""
-        module = module.to(self.device)
-        if self.args.channels_last:
-            module = module.to(memory_format=torch.channels_last)
-        if ddp and self.world_size > 1:
-            if getattr(self.args, "sync_bn", False) and self.args.model != "deeplabv2":
-                # (DeepLabV2's BatchNorm is frozen: there are no batch statistics to sync)
-                module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            module = torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
-        return module
-
-    def batch_to_device(self, batch):
-        """A loader's batch on the device: uint8 images, labels (if any) as int64 class ids."""
-        batch = dict(batch)
-        seconds = batch.pop(LOAD_SECONDS, None)
-        if seconds is not None:
-            self._load_seconds += float(seconds.sum())
-        batch["image"] = batch["image"].to(self.device, non_blocking=True)
-        if self.args.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-        if "label" in batch:
-            batch["label"] = batch["label"].to(self.device, non_blocking=True).long()
-        return batch
-
-    def progress(self, iters, epoch, first=0):
-        """The steps `first`..iters-1 of one epoch, with a progress bar (rank 0) shown after
-        the loading line."""
-        if self._timed and self.is_main:
-            self.report_loading()
-        self._load_seconds, self._load_iters = 0.0, iters
-        return tqdm(range(first, iters), desc=f"epoch {epoch + 1}/{self.args.epochs}",
-                    initial=first, total=iters,
-                    disable=not self.is_main, dynamic_ncols=True, mininterval=1.0, leave=False)
 
     def report_loading(self):
         """data: 0.74 CPU-s of loading per iteration (last epoch); 4 workers on 2 cores ..."""
@@ -252,12 +412,7 @@ class Run:
               f"worker(s) on {cores} cores supply at most {rate:.1f} it/s: a bar near that "
               f"rate means the GPU waits for data{hint}", flush=True)
 
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    # -- epoch end -----------------------------------------------------------------------
+    # -- processes -----------------------------------------------------------------------
     def sync_buffers(self, module):
         """Give every rank rank 0's BatchNorm statistics before validating.
 
@@ -269,24 +424,6 @@ class Run:
         if self.world_size > 1:
             for buffer in unwrap(module).buffers():
                 dist.broadcast(buffer, src=0)
-
-    def save(self, state, is_best):
-        """best.pth (on a new best) first, then last.pth; atomic; rank 0.
-
-        In this order a kill leaves either both written, or last.pth one epoch behind
-        (the resumed run repeats that epoch and writes best.pth again), never a stale best.
-        """
-        if self.is_main:
-            if is_best:
-                save_checkpoint(state, self.out / "best.pth")
-            save_checkpoint(state, self.out / "last.pth")
-        self.barrier()
-
-    def log_epoch(self, record):
-        """Append the epoch's line to metrics.jsonl (after its checkpoint) and print it."""
-        if self.is_main:
-            self.log.write(record)
-            print_epoch(record)
 
     def barrier(self):
         if self.world_size > 1:
@@ -301,57 +438,9 @@ class Run:
         return t.item() / self.world_size
 
     def close(self):
+        self.log.close()
         if self.world_size > 1:
             dist.destroy_process_group()
         if self._lock is not None:
             self._lock.close()
             self._lock = None
-
-
-class TimedItems(Dataset):
-    """A training set whose items also carry `load_seconds`: the CPU time of their loading
-    (decode, resize, augmentation) in the thread that loads them, i.e. the loader worker.
-    Run.batch_to_device takes it out of the batch again."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        start = time.thread_time()
-        item = self.dataset[index]
-        return {**item, LOAD_SECONDS: time.thread_time() - start}
-
-
-def lock_folder(folder):
-    """An exclusive lock on folder/.lock for this process's lifetime (freed by the OS when the
-    process dies, even by kill -9). A second run on the same folder is refused."""
-    handle = open(Path(folder) / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise RunFolderError(f"{folder} is in use by another run ({owner}); wait for it to "
-                             f"finish or choose another --out") from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()}\n")
-    handle.flush()
-    return handle
-
-
-MIN_FREE_BYTES = 1 << 30
-
-
-def check_free_space(folder, need=None):
-    """Refuse to start with under 1 GiB free where checkpoints go (found at the first save,
-    a full disk would cost a whole epoch)."""
-    need = MIN_FREE_BYTES if need is None else need
-    free = shutil.disk_usage(folder).free
-    if free < need:
-        raise RunFolderError(f"only {free / 2**20:.0f} MiB free in {folder}: checkpoints need "
-                             f"about 1 GiB; free some space or choose another --out")

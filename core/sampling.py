@@ -1,38 +1,42 @@
 """Deterministic data order: which sample a run sees when, and with which random draws.
 
-Everything here depends only on the run's seed, the epoch (pass) and the position in it,
-never on what ran before: a run resumed from a checkpoint, or run with another number of
-loader workers, sees exactly the same batches with exactly the same augmentations.
+Everything here depends only on the run's seed, the loader's role, the pass over the data and
+the position in it, never on what ran before: a run resumed from a checkpoint, or run with
+another number of loader workers, sees exactly the same batches with the same augmentations.
 
-    source_stream = Stream(make_loader(source_set, 8, seed, stream=SOURCE_STREAM, train=True))
+    source_stream = Stream(make_loader(source_set, 8, seed, "source", train=True))
     src_batch = source_stream.next()        # endless: pass after pass, reshuffled each pass
 """
+import time
+
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from core.errors import ConfigError
 
-# Loaders of one run are told apart by a stream number mixed into their seed, so that two
-# sets of equal length are not shuffled alike (each source image then meets a different
-# target image every pass).
-SOURCE_STREAM, TARGET_STREAM, EVAL_STREAM = 0, 1, 2
-# Seed mixing: large primes keep (seed, stream, epoch, index) combinations apart.
-STREAM_STRIDE = 1_000_003
-EPOCH_STRIDE = 100_003
+# The random draws of one run are told apart by their role, mixed into the seed: two sets of
+# equal length are not shuffled alike (each source image then meets a different target image
+# every pass), and MPL's strong views draw apart from every loader.
+ROLES = ("source", "target", "eval", "feedback", "strong_view")
+# Seed mixing: large primes keep (seed, role, pass, index) combinations apart.
+ROLE_STRIDE = 1_000_003
+PASS_STRIDE = 100_003
+# Key of the per-item loading time in timed training batches (see TimedItems).
+LOAD_SECONDS = "load_seconds"
 
 
-def order_seed(seed, stream, epoch):
-    """Seed of the shuffle of one pass (`epoch`) of one loader (`stream`)."""
-    return (seed * STREAM_STRIDE + stream) * EPOCH_STRIDE + epoch
+def order_seed(seed, role, pass_index):
+    """Seed of the shuffle of one pass over the data of the loader with `role`."""
+    return (seed * ROLE_STRIDE + ROLES.index(role)) * PASS_STRIDE + pass_index
 
 
-def sample_seed(seed, stream, epoch, index):
-    """Seed of the augmentation draws of sample `index` in pass `epoch`."""
-    return order_seed(seed, stream, epoch) * EPOCH_STRIDE + index
+def sample_seed(seed, role, pass_index, index):
+    """Seed of the augmentation draws of sample `index` in pass `pass_index`."""
+    return order_seed(seed, role, pass_index) * PASS_STRIDE + index
 
 
-class EpochSampler(Sampler):
-    """Yields (sample index, augmentation seed) pairs in an order fixed by (seed, stream, epoch).
+class PassSampler(Sampler):
+    """Yields (sample index, augmentation seed) pairs in an order fixed by (seed, role, pass).
 
     It can start mid-pass (`start`). Under DDP each rank takes every world_size-th sample;
     for training the order is padded to a multiple of world_size (as DistributedSampler does),
@@ -40,18 +44,19 @@ class EpochSampler(Sampler):
     reseed their augmentation generator from the second element.
     """
 
-    def __init__(self, length, shuffle, seed=0, stream=0, rank=0, world_size=1, pad=True):
-        self.length, self.shuffle, self.seed, self.stream = length, shuffle, seed, stream
+    def __init__(self, length, shuffle, seed=0, role="source", rank=0, world_size=1, pad=True):
+        self.length, self.shuffle, self.seed, self.role = length, shuffle, seed, role
         self.rank, self.world_size, self.pad = rank, world_size, pad
-        self.epoch, self.start = 0, 0
+        self.pass_index, self.start = 0, 0
 
-    def set_epoch(self, epoch, start=0):
-        """Next iteration yields pass `epoch`, skipping its first `start` samples of this rank."""
-        self.epoch, self.start = epoch, start
+    def set_pass(self, pass_index, start=0):
+        """Next iteration yields pass `pass_index`, skipping its first `start` samples of this
+        rank."""
+        self.pass_index, self.start = pass_index, start
 
     def _indices(self):
         if self.shuffle:
-            g = torch.Generator().manual_seed(order_seed(self.seed, self.stream, self.epoch))
+            g = torch.Generator().manual_seed(order_seed(self.seed, self.role, self.pass_index))
             order = torch.randperm(self.length, generator=g).tolist()
         else:
             order = list(range(self.length))
@@ -61,7 +66,7 @@ class EpochSampler(Sampler):
 
     def __iter__(self):
         for i in self._indices()[self.start:]:
-            yield i, sample_seed(self.seed, self.stream, self.epoch, i)
+            yield i, sample_seed(self.seed, self.role, self.pass_index, i)
 
     def samples_per_pass(self):
         """Samples this rank sees in one whole pass."""
@@ -74,13 +79,13 @@ class EpochSampler(Sampler):
         return self.samples_per_pass() - self.start
 
 
-def make_loader(dataset, batch_size, seed, stream, train, workers, rank=0, world_size=1,
+def make_loader(dataset, batch_size, seed, role, train, workers, rank=0, world_size=1,
                 pin_memory=False, persistent_workers=False):
-    """DataLoader over an EpochSampler; training shuffles and drops the last partial batch.
+    """DataLoader over a PassSampler; training shuffles and drops the last partial batch.
 
     persistent_workers: keep the worker processes from one pass to the next (a Stream starts
     a new pass every epoch or so; restarting workers costs seconds)."""
-    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, stream=stream, rank=rank,
+    sampler = PassSampler(len(dataset), shuffle=train, seed=seed, role=role, rank=rank,
                            world_size=world_size, pad=train)
     if train and len(sampler) < batch_size:
         raise ConfigError(f"--batch-size {batch_size} is larger than the {len(sampler)} "
@@ -98,7 +103,7 @@ class Stream:
     """
 
     def __init__(self, loader):
-        self.loader, self.epoch, self.taken, self._it = loader, 0, 0, None
+        self.loader, self.passes, self.taken, self._it = loader, 0, 0, None
 
     def __len__(self):
         """Batches in one whole pass (the last partial batch is dropped)."""
@@ -106,18 +111,36 @@ class Stream:
 
     def next(self):
         if self._it is None:
-            self.loader.sampler.set_epoch(self.epoch, start=self.taken * self.loader.batch_size)
+            self.loader.sampler.set_pass(self.passes, start=self.taken * self.loader.batch_size)
             self._it = iter(self.loader)
         try:
             batch = next(self._it)
         except StopIteration:
-            self.epoch, self.taken, self._it = self.epoch + 1, 0, None
+            self.passes, self.taken, self._it = self.passes + 1, 0, None
             return self.next()
         self.taken += 1
         return batch
 
     def state_dict(self):
-        return {"epoch": self.epoch, "taken": self.taken}
+        return {"passes": self.passes, "taken": self.taken}
 
     def load_state_dict(self, state):
-        self.epoch, self.taken, self._it = state["epoch"], state["taken"], None
+        passes = state["passes"] if "passes" in state else state["epoch"]   # (earlier name)
+        self.passes, self.taken, self._it = passes, state["taken"], None
+
+
+class TimedItems(Dataset):
+    """A training set whose items also carry `load_seconds`: the CPU time of their loading
+    (decode, resize, augmentation) in the thread that loads them, i.e. the loader worker.
+    Run.to_device takes it out of the batch again."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        start = time.thread_time()
+        item = self.dataset[index]
+        return {**item, LOAD_SECONDS: time.thread_time() - start}

@@ -3,7 +3,9 @@
 Both functions take float tensors holding raw 0-255 RGB (apply them before mean/std
 normalisation), shaped (B, 3, H, W) or (3, H, W), on any device, and return the same dtype.
 
-- `fda_source_to_target`: Fourier Domain Adaptation (Yang & Soatto, CVPR 2020, Eq. 1-3).
+- `fda_source_to_target`: Fourier Domain Adaptation (Yang & Soatto, CVPR 2020, Eq. 1-3),
+  with the paper's centred window (default) or the four-corner window of the authors' torch
+  training code (`window="corners"`).
 - `lab_transfer`: per-channel mean/std matching in CIELAB (He et al., CVPR 2021, sec. 3.1),
   with our own `rgb_to_lab` / `lab_to_rgb`.
 """
@@ -32,14 +34,61 @@ def fda_window(height, width, beta):
     return c_h - b, c_h + b + 1, c_w - b, c_w + b + 1
 
 
-def fda_source_to_target(src, trg, beta, clip=False):
+FDA_WINDOWS = ("centred", "corners")
+
+
+def fda_corner_weight(height, width, beta, device=None, dtype=torch.float32):
+    """Weight of the target amplitude over the one-sided spectrum (H, W//2 + 1), "corners" FDA.
+
+    The authors' torch function (`FDA_source_to_target` in their utils/__init__.py, the one
+    train.py and SStrain.py call) takes b = floor(min(H, W) * beta) and copies four b x b
+    blocks of the UNSHIFTED amplitude spectrum: rows [0, b) and [H-b, H) times columns
+    [0, b) and [W-b, W). These blocks are not symmetric under k -> -k (row/column H-b and W-b,
+    i.e. frequency -b, are in; +b is out), so the mutated spectrum is not Hermitian. They then
+    called the old `torch.irfft(..., onesided=False)`, a complex-to-real transform that reads
+    only the first W//2 + 1 columns and treats the rest as the conjugate mirror of those.
+    What their code computed is therefore, on the one-sided spectrum:
+      - columns 1 .. W//2 (except a Nyquist column): weight 1 on rows [0, b) + [H-b, H) of
+        columns [0, b) (and [W-b, W) where it reaches W//2, i.e. beta near 0.5), else 0;
+        column W-b (frequency -b) is NOT swapped: it is the mirror of column b;
+      - the self-mirrored columns 0 (and W/2 for even W), where the transform sees row k and
+        row -k of the same column: the real part of the inverse averages the two, so the weight
+        is (m(k) + m(-k)) / 2, i.e. 1/2 on rows b and H-b of column 0.
+    Spelling out that average (instead of leaving a non-Hermitian column to the FFT library,
+    whose behaviour there is undefined) makes the result the same on every backend; on CPU
+    it equals torch.fft.irfft2 applied to their mutated spectrum.
+    """
+    fda_window(height, width, beta)  # validates beta
+    b = math.floor(min(height, width) * beta)
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width // 2 + 1, device=device)
+    in_rows = (rows < b) | (rows >= height - b)
+    in_cols = (cols < b) | (cols >= width - b)
+    weight = (in_rows[:, None] & in_cols[None, :]).to(dtype)
+    self_mirrored = (cols == 0) | (2 * cols == width)
+    averaged = (weight + weight[(-rows) % height]) / 2
+    return torch.where(self_mirrored[None, :], averaged, weight)
+
+
+def fda_source_to_target(src, trg, beta, clip=False, *, window="centred"):
     """Give `src` the low-frequency amplitude spectrum of `trg` (Yang & Soatto 2020).
 
     Eq. (1)-(3) of the paper: with F = fft2 per channel, amplitude A = |F| and phase
-    P = angle(F), and M_beta the centred (2b+1) x (2b+1) low-frequency mask,
+    P = angle(F), and M_beta the low-frequency mask,
         x_{s->t} = ifft2( [M_beta * A(x_t) + (1 - M_beta) * A(x_s)] * exp(i P(x_s)) ).
-    We follow the authors' numpy function exactly (window from `fda_window`, mask built in
-    the fftshift-ed frame and ifftshift-ed back, real part of the inverse transform).
+
+    Two masks (`window`):
+      - "centred" (default): the paper's centred (2b+1) x (2b+1) window, b = floor(min(H, W)
+        * beta), exactly as the authors' numpy function `FDA_source_to_target_np` (window from
+        `fda_window`, mask built in the fftshift-ed frame and ifftshift-ed back, real part of
+        the inverse transform). Symmetric under k -> -k, so the inverse is real.
+      - "corners": what the authors' torch function `FDA_source_to_target`, used by their
+        train.py / SStrain.py and so behind the published numbers, computes: four b x b corner
+        blocks of the unshifted spectrum, inverted by the old complex-to-real
+        `torch.irfft(onesided=False)` (see `fda_corner_weight` for the exact effective mask:
+        column frequencies -(b-1) .. b-1, row frequencies -b .. b-1 for the non-negative
+        columns and -(b-1) .. b for the negative ones). At a beta where b = 0 it changes
+        nothing (the centred window still swaps the mean colour).
 
     Args:
         src: float tensor (B, C, H, W) or (C, H, W), raw 0-255 RGB.
@@ -47,9 +96,12 @@ def fda_source_to_target(src, trg, beta, clip=False):
         beta: window size ratio in [0, 0.5]; the paper uses 0.01, 0.05, 0.09.
         clip: clamp the result to [0, 255]. Default False, like the reference: the output
             can leave [0, 255] by a few units; clip at the call site if you need valid pixels.
+        window: "centred" or "corners" (keyword only).
     Returns:
         tensor of src's shape and dtype. Computed in float32 (float64 if src is float64).
     """
+    if window not in FDA_WINDOWS:
+        raise ValueError(f"FDA window must be one of {FDA_WINDOWS}, got {window!r}")
     if not src.is_floating_point():
         raise TypeError(f"fda_source_to_target expects a float tensor, got {src.dtype}")
     squeeze = src.dim() == 3
@@ -68,21 +120,29 @@ def fda_source_to_target(src, trg, beta, clip=False):
                          f"same channels, batch 1 or the source's")
 
     work = torch.float64 if src.dtype == torch.float64 else torch.float32
-    fft_src = torch.fft.fft2(src.to(work))  # over the last two dims
-    fft_trg = torch.fft.fft2(trg.to(device=src.device, dtype=work))
-    amp_src, pha_src = fft_src.abs(), fft_src.angle()
-    amp_trg = fft_trg.abs()
-
-    # The window lives in the centred (fftshift-ed) frame; ifftshift the mask back once
-    # instead of shifting both amplitude spectra: ifftshift(fftshift(a)) == a.
     height, width = src.shape[-2:]
-    h1, h2, w1, w2 = fda_window(height, width, beta)
-    mask = torch.zeros(height, width, dtype=torch.bool, device=src.device)
-    mask[h1:h2, w1:w2] = True
-    mask = torch.fft.ifftshift(mask, dim=(-2, -1))
+    if window == "corners":
+        # one-sided spectra: the complex-to-real inverse reads nothing else
+        fft_src = torch.fft.rfft2(src.to(work))
+        amp_trg = torch.fft.rfft2(trg.to(device=src.device, dtype=work)).abs()
+        weight = fda_corner_weight(height, width, beta, device=src.device, dtype=work)
+        amp = torch.lerp(fft_src.abs(), amp_trg, weight)
+        out = torch.fft.irfft2(torch.polar(amp, fft_src.angle()), s=(height, width))
+    else:
+        fft_src = torch.fft.fft2(src.to(work))  # over the last two dims
+        fft_trg = torch.fft.fft2(trg.to(device=src.device, dtype=work))
+        amp_src, pha_src = fft_src.abs(), fft_src.angle()
+        amp_trg = fft_trg.abs()
 
-    amp = torch.where(mask, amp_trg, amp_src)       # Eq. (3): swap the low-frequency amplitude
-    out = torch.fft.ifft2(torch.polar(amp, pha_src)).real  # keep the source phase
+        # The window lives in the centred (fftshift-ed) frame; ifftshift the mask back once
+        # instead of shifting both amplitude spectra: ifftshift(fftshift(a)) == a.
+        h1, h2, w1, w2 = fda_window(height, width, beta)
+        mask = torch.zeros(height, width, dtype=torch.bool, device=src.device)
+        mask[h1:h2, w1:w2] = True
+        mask = torch.fft.ifftshift(mask, dim=(-2, -1))
+
+        amp = torch.where(mask, amp_trg, amp_src)       # Eq. (3): swap the low-frequency amplitude
+        out = torch.fft.ifft2(torch.polar(amp, pha_src)).real  # keep the source phase
     if clip:
         out = out.clamp(0.0, 255.0)
     out = out.to(src.dtype)

@@ -11,7 +11,7 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def tiny_demo(tmp_path_factory):
     """A small demo pair in the real layouts (GTA5-style source, Cityscapes-style target)."""
-    from core.demo import DemoPaths, generate_demo
+    from demo import DemoPaths, generate_demo
     root = tmp_path_factory.mktemp("demo") / "demo"
     generate_demo(root, seed=0, n_source=20, n_target_train=8, n_target_val=4)
     return DemoPaths.of(root)

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from core import demo
-from core.demo import cli as demo_cli
-from core.demo import write as demo_write
+import demo
 from core.labels import NUM_CLASSES, TRAIN_LABEL_IDS, ids_to_trainids
+from demo import cli as demo_cli
+from demo import write as demo_write
 
 SMALL = {"n_source": 6, "n_target_train": 4, "n_target_val": 3}
 TINY = {"n_source": 2, "n_target_train": 1, "n_target_val": 1}
@@ -235,7 +235,7 @@ def test_generation_is_fast(tmp_path):
 
 def test_demo_root():
     assert demo.DEMO_ROOT.is_absolute() and demo.DEMO_ROOT.parts[-2:] == ("data", "demo")
-    assert (demo.DEMO_ROOT.parent.parent / "core" / "demo" / "__init__.py").is_file()
+    assert (demo.DEMO_ROOT.parent.parent / "demo" / "__init__.py").is_file()
 
 
 def test_cli_prints_frequency_table(tmp_path, capsys):
@@ -257,7 +257,7 @@ def _user_folder(tmp_path):
 
 
 def _run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "core.demo", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "demo", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=300)
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 from conftest import ROOT
 
-import core.demo
+import core.cli
 import train_source
 from core.cli import MODEL_DEFAULTS
 
@@ -44,7 +44,8 @@ def test_demo_runs_end_to_end(script, extra, tmp_path, demo_env):
 
 
 def test_explicit_flags_win_over_demo_settings_and_model_defaults(tiny_demo, monkeypatch):
-    monkeypatch.setattr(core.demo, "ensure_demo", lambda: tiny_demo)
+    # --demo points the folders at demo.DEMO_ROOT (generated only when a run starts).
+    monkeypatch.setattr(core.cli, "DEMO_ROOT", tiny_demo.root)
     args = train_source.parse_args(["--demo", "--epochs", "3", "--lr", "0.01"])
     assert (args.epochs, args.lr, args.batch_size, args.pretrained) == (3, 0.01, 8, "none")
     assert args.source_size == (144, 256) and args.source_root == str(tiny_demo.source)

@@ -4,11 +4,13 @@
   checked against a transcription of that code fed the same weights; --arm-bn gives the
   paper's attention refinement module instead.
 - DeepLabV2: the Caffe DeepLab init file is refused; the strides sit where torchvision's
-  weights expect them, and checkpoints record where (older ones: the Caffe layout).
+  weights expect them, and checkpoints record where (older ones: the Caffe layout); the
+  BatchNorm statistics are the batch's in train mode (the UDA code bases') or frozen, and
+  checkpoints record which (older ones: frozen). STDC: older checkpoints keep the optimiser
+  grouping they were trained with.
 - FDA: source crops of the target size, so the window is 5/25/46 at the default sizes; the
   entropy loss on the logits at the network's output stride; the poly horizon.
 """
-import argparse
 import math
 
 import pytest
@@ -25,7 +27,6 @@ from core.errors import ConfigError
 from core.evaluation import load_model
 from core.losses import cross_entropy, seg_loss_sum
 from core.models import PretrainedWeightsError, build_model, model_options
-from core.runtime import Run
 from core.schedule import poly_scheduler
 from core.translate import fda_window
 
@@ -270,15 +271,18 @@ def test_arm_bn_flag_is_parsed_recorded_and_rebuilt(tmp_path, bisenet_pair):
 
 def test_resuming_a_checkpoint_older_than_the_options_keeps_its_network(tmp_path):
     roots = ["--source-root", "s", "--target-root", "t", "--out", str(tmp_path)]
-    for model in ("bisenet", "deeplabv2"):
+    for model in ("bisenet", "deeplabv2", "stdc"):
         stored = vars(train_fda.parse_args(roots + ["--model", model]))
         assert stored["resnet_style"] == "pytorch"               # recorded for new runs
-        del stored["arm_bn"], stored["resnet_style"]              # as written before them
+        for option in ("arm_bn", "resnet_style", "deeplab_bn", "stdc_groups"):
+            stored.pop(option, None)                              # as written before them
         path = tmp_path / f"{model}.pth"
         save_checkpoint({"model": {}, "args": stored, "script": "train_fda"}, path)
         resumed = train_fda.parse_args(["--resume", str(path)])
-        assert model_options(resumed) == {"bisenet": {"arm_bn": True},
-                                          "deeplabv2": {"resnet_style": "caffe"}}[model]
+        assert model_options(resumed) == {
+            "bisenet": {"arm_bn": True},
+            "deeplabv2": {"resnet_style": "caffe", "deeplab_bn": "frozen"},
+            "stdc": {"stdc_groups": "all"}}[model]
 
 
 # --------------------------------------------------------------------------- DeepLabV2
@@ -336,6 +340,26 @@ def test_checkpoint_records_the_deeplab_layout_and_load_model_uses_it(tmp_path):
             assert torch.equal(rebuilt(x), model(x))
 
 
+def test_checkpoint_records_the_deeplab_batchnorm_and_load_model_uses_it(tmp_path):
+    """deeplab_bn is recorded like resnet_style; a checkpoint older than the option trained
+    with frozen statistics and is rebuilt so (it matters once training resumes: evaluation
+    uses the running statistics either way)."""
+    torch.manual_seed(0)
+    state = build_model("deeplabv2").state_dict()   # the same keys for both
+    for bn, recorded in (("train", {"deeplab_bn": "train"}), ("frozen", {"deeplab_bn":
+                         "frozen"}), ("frozen", {})):
+        path = tmp_path / f"{bn}{len(recorded)}.pth"
+        save_checkpoint({"model": state, "args": {
+            "model": "deeplabv2", "backbone": "resnet101", "val_size": [41, 57],
+            "resnet_style": "pytorch", **recorded}}, path)
+        rebuilt, _, stored = load_model(path, torch.device("cpu"))
+        assert model_options(stored)["deeplab_bn"] == bn == rebuilt.backbone.bn
+        bns = [m for m in rebuilt.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert len(bns) == 104 and not any(m.training for m in bns)   # eval mode
+        rebuilt.train()           # batch statistics in training for 'train' only
+        assert all(m.training == (bn == "train") for m in bns)
+
+
 # --------------------------------------------------------------------------- FDA
 
 def window_half_size(height, width, beta):
@@ -372,10 +396,6 @@ def entropy_by_hand(logits, eta=2.0):
 
 
 def test_fda_entropy_is_taken_on_the_logits_before_upsampling(tmp_path):
-    run = Run(argparse.Namespace(device="cpu", amp=False, out=str(tmp_path), seed=0,
-                                 channels_last=False), "test")
-    args = argparse.Namespace(translate="fda", beta=0.01, eta=2.0, ent_weight=0.005,
-                              ent_start=0, lambda_pseudo=1.0, pseudo="labels")
     torch.manual_seed(0)
     model = build_model("bisenet", 19, "resnet18").train()
     head_outputs = []     # the main head's logits, before the network upsamples them
@@ -384,7 +404,8 @@ def test_fda_entropy_is_taken_on_the_logits_before_upsampling(tmp_path):
               "label": torch.randint(0, 19, (2, 64, 96))}
     target = {"image": torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8),
               "label": torch.randint(0, 19, (2, 64, 96))}
-    losses = train_fda.train_step(run, model, cross_entropy, source, target, 0, args)
+    _, losses = train_fda.fda_losses(model, cross_entropy, source, target, method="fda",
+                                     beta=0.01, eta=2.0, ent_weight=0.005, lambda_pseudo=1.0)
     native = head_outputs[-1]                                     # the target forward's
     assert native.shape == (2, 19, 8, 12)                         # 1/8 scale
     assert losses["loss_ent"].item() == pytest.approx(entropy_by_hand(native), rel=1e-5)

@@ -1,9 +1,13 @@
 """Segmenters, discriminators and backbone loading (CPU, small odd-sized inputs)."""
+import hashlib
+import os
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import resnet18
+from torchvision.models import resnet18, resnet101
 
 from core.models import (
     BACKBONES,
@@ -12,6 +16,7 @@ from core.models import (
     build_discriminator,
     build_model,
     param_groups,
+    pretrained,
 )
 from core.models.deeplabv2 import FrozenBatchNorm2d
 
@@ -20,6 +25,12 @@ from core.models.deeplabv2 import FrozenBatchNorm2d
 def deeplab():
     torch.manual_seed(0)
     return build_model("deeplabv2")
+
+
+@pytest.fixture(scope="module")
+def deeplab_frozen():
+    torch.manual_seed(0)
+    return build_model("deeplabv2", deeplab_bn="frozen")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +64,7 @@ def test_bisenet_r101_shapes():
 
 
 def test_deeplab_shapes_returns_1_tuple_in_training(deeplab):
-    assert len(check_outputs(deeplab, (65, 97), batch=1)) == 1  # batch 1: BN is frozen
+    assert len(check_outputs(deeplab, (65, 97), batch=1)) == 1  # batch 1, as the UDA code
 
 
 def test_bisenet_channels_last_and_bf16_autocast(bisenet18):
@@ -131,21 +142,116 @@ def test_deeplab_classifier_sums_all_four_branches(deeplab):
     assert [c.dilation for c in clf.conv2d_list] == [(6, 6), (12, 12), (18, 18), (24, 24)]
 
 
-def test_deeplab_batchnorm_is_frozen(deeplab):
-    bns = [m for m in deeplab.modules() if isinstance(m, nn.BatchNorm2d)]
-    assert bns and all(isinstance(m, FrozenBatchNorm2d) for m in bns)
-    stats = [(m.running_mean.clone(), m.running_var.clone()) for m in bns]
-    deeplab.train()
-    assert deeplab.training and not any(m.training for m in bns)
+def capture_batchnorm(model, bn, x, seed=3):
+    """Give `bn` random running statistics and affine parameters, run `model` on `x` (in the
+    mode it is in, with a backward pass) and return (bn's input, bn's output, its statistics
+    before the pass)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.randn(bn.num_features, generator=gen))
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.weight.copy_(torch.rand(bn.num_features, generator=gen) + 0.5)
+        bn.bias.copy_(torch.randn(bn.num_features, generator=gen))
+    before = (bn.running_mean.clone(), bn.running_var.clone())
+    seen = []
+    handle = bn.register_forward_hook(lambda m, i, out: seen.append((i[0].detach().clone(),
+                                                                     out.detach().clone())))
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    (out[0] if isinstance(out, tuple) else out).mean().backward()
+    handle.remove()
+    (inp, output), = seen
+    return inp, output, before
+
+
+def by_hand(x, mean, var, bn):
+    """(x - mean) / sqrt(var + eps) * weight + bias, per channel."""
+    shape = (1, -1, 1, 1)
+    return ((x - mean.view(shape)) / torch.sqrt(var.view(shape) + bn.eps)
+            * bn.weight.detach().view(shape) + bn.bias.detach().view(shape))
+
+
+def check_affine_never_trains(model):
+    bns = [m for m in model.backbone.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 104
+    grouped = {id(p) for g in param_groups(model, 2.5e-4, 5e-4) for p in g["params"]}
+    for m in bns:
+        for p in (m.weight, m.bias):
+            assert not p.requires_grad and p.grad is None and id(p) not in grouped
+    assert model.backbone.conv1.weight.grad is not None and id(model.backbone.conv1.weight) \
+        in grouped
+
+
+def test_deeplab_batchnorm_uses_batch_statistics_in_train_mode(deeplab):
+    """The default (deeplab_bn="train"): as AdaptSegNet / FDA / BDL run it, plain BatchNorm in
+    training mode at batch 1 normalises the image with its own statistics and moves the
+    running statistics towards them (momentum 0.1, unbiased variance); the affine
+    parameters never train. Eval mode uses the running statistics."""
+    bn = deeplab.backbone.layer3[5].bn2
+    assert type(bn) is nn.BatchNorm2d and deeplab.backbone.bn == "train"
+    x = torch.randn(1, 3, 25, 33) * 2 + 1
+    inp, out, (mean0, var0) = capture_batchnorm(deeplab.train(), bn, x)
+    assert bn.training
+    mean, var = inp.mean(dim=(0, 2, 3)), inp.var(dim=(0, 2, 3), unbiased=False)
+    count = inp.numel() / inp.shape[1]
+    torch.testing.assert_close(out, by_hand(inp, mean, var, bn), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(bn.running_mean, 0.9 * mean0 + 0.1 * mean)
+    torch.testing.assert_close(bn.running_var, 0.9 * var0 + 0.1 * var * count / (count - 1))
+    # the same through F.batch_norm(training=True), on copies of the old statistics
+    rm, rv = mean0.clone(), var0.clone()
+    expected = F.batch_norm(inp, rm, rv, bn.weight, bn.bias, training=True, momentum=0.1,
+                            eps=bn.eps)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close((bn.running_mean, bn.running_var), (rm, rv))
+    # not what the stored statistics give
+    assert not torch.allclose(out, by_hand(inp, mean0, var0, bn), atol=1e-2)
+    check_affine_never_trains(deeplab)
+    # eval mode: the running statistics, left as they are
+    inp, out, (mean0, var0) = capture_batchnorm(deeplab.eval(), bn, x)
+    torch.testing.assert_close(out, by_hand(inp, mean0, var0, bn), rtol=1e-4, atol=1e-4)
+    assert torch.equal(bn.running_mean, mean0) and torch.equal(bn.running_var, var0)
     deeplab.zero_grad(set_to_none=True)
-    (logits,) = deeplab(torch.randn(1, 3, 33, 41) * 5 + 3)
-    logits.mean().backward()
-    for m, (mean, var) in zip(bns, stats, strict=True):
-        assert m.weight.grad is None and m.bias.grad is None
-        assert not m.weight.requires_grad and not m.bias.requires_grad
-        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
-    assert deeplab.backbone.conv1.weight.grad is not None
-    deeplab.zero_grad(set_to_none=True)
+
+
+def test_deeplab_frozen_batchnorm_keeps_the_running_statistics(deeplab_frozen):
+    """deeplab_bn="frozen" (Caffe's use_global_stats): the running statistics in training
+    too, never updated. Same state-dict keys as the default: either loads the other's
+    checkpoints (and torchvision's ResNet-101, fc aside)."""
+    model = deeplab_frozen
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(isinstance(m, FrozenBatchNorm2d) for m in bns)
+    bn = model.backbone.layer3[5].bn2
+    x = torch.randn(1, 3, 25, 33) * 2 + 1
+    inp, out, (mean0, var0) = capture_batchnorm(model.train(), bn, x)
+    assert model.training and not any(m.training for m in bns)
+    torch.testing.assert_close(out, by_hand(inp, mean0, var0, bn), rtol=1e-4, atol=1e-4)
+    assert torch.equal(bn.running_mean, mean0) and torch.equal(bn.running_var, var0)
+    check_affine_never_trains(model)
+    with torch.device("meta"):     # keys and shapes only
+        default, reference = build_model("deeplabv2"), resnet101()
+    assert list(default.state_dict()) == list(model.state_dict())
+    assert {f"backbone.{k}" for k in reference.state_dict() if not k.startswith("fc.")} == \
+        {k for k in model.state_dict() if k.startswith("backbone.")}
+    assert sum(p.numel() for p in model.parameters()) == 43_901_068
+
+
+@torch.no_grad()
+def test_deeplab_from_random_weights_needs_batch_statistics(deeplab, deeplab_frozen):
+    """Why `--pretrained none` can work with the default and not with frozen statistics: with
+    random weights the stored statistics (mean 0, variance 1) normalise nothing, and 101
+    layers of unnormalised activations blow the logits up; batch statistics keep them at
+    the scale of a normalised network."""
+    x = torch.randn(1, 3, 25, 33)
+    scale = {bn: model.train()(x)[0].abs().max().item()        # both random (seed 0)
+             for bn, model in (("train", deeplab), ("frozen", deeplab_frozen))}
+    assert scale["train"] < 50 and scale["frozen"] > 1000, scale
+
+
+def test_deeplab_bn_option_errors():
+    with pytest.raises(ValueError, match="'batch'"):
+        build_model("deeplabv2", deeplab_bn="batch")
+    with pytest.raises(ValueError, match="deeplab_bn is an option of --model deeplabv2"):
+        build_model("bisenet", deeplab_bn="frozen")
 
 
 def test_param_groups(deeplab, bisenet18):
@@ -220,23 +326,80 @@ def test_file_that_does_not_fit_names_file_and_keys(tmp_path):
         build_model("bisenet", pretrained=str(tmp_path / "missing.pth"))
 
 
-def _offline_hub(monkeypatch, tmp_path):
+def _hub(monkeypatch, tmp_path):
+    """An empty torch hub cache under tmp_path; returns its checkpoints folder."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)  # undo any set_dir
+    return tmp_path / "hub" / "checkpoints"
 
+
+def _offline_hub(monkeypatch, tmp_path):
     def no_download(*args, **kwargs):
         raise AssertionError("tried to download")
     monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
-    return tmp_path / "hub" / "checkpoints"
+    return _hub(monkeypatch, tmp_path)
 
 
-def test_imagenet_without_cache_fails_clearly(monkeypatch, tmp_path):
-    checkpoints = _offline_hub(monkeypatch, tmp_path)
+def _serve_weights(monkeypatch, folder, state, name_hash=None):
+    """Save `state` as torchvision names its files, `resnet18-<first 10 hex digits of the
+    file's SHA-256>.pth` (or `name_hash`), and point resnet18's ImageNet URL at it (file://,
+    which urllib, and so torch.hub's downloader, reads like http). Returns the file."""
+    folder.mkdir(parents=True)
+    raw = folder / "raw.pth"
+    torch.save(state, raw)
+    digest = hashlib.sha256(raw.read_bytes()).hexdigest()
+    served = raw.rename(folder / f"resnet18-{name_hash or digest[:10]}.pth")
+    monkeypatch.setitem(pretrained.IMAGENET_WEIGHTS, "resnet18",
+                        SimpleNamespace(url=served.as_uri()))
+    return served
+
+
+def test_imagenet_downloads_missing_weights_into_the_hub_cache(monkeypatch, tmp_path):
+    checkpoints = _hub(monkeypatch, tmp_path / "home")
+    torch.manual_seed(2)
+    reference = resnet18(weights=None).state_dict()
+    served = _serve_weights(monkeypatch, tmp_path / "server", reference)
+    model = build_model("bisenet", backbone="resnet18", pretrained="imagenet")
+    cached = checkpoints / served.name
+    assert cached.read_bytes() == served.read_bytes() and os.listdir(checkpoints) == [
+        served.name]
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, reference[key]), key
+    # the next run reads the cache and downloads nothing
+    _offline_hub(monkeypatch, tmp_path / "home")
+    again = build_model("bisenet", backbone="resnet18", pretrained="imagenet")
+    assert torch.equal(again.backbone.conv1.weight, reference["conv1.weight"])
+
+
+def test_imagenet_download_checks_the_hash_in_the_file_name(monkeypatch, tmp_path):
+    checkpoints = _hub(monkeypatch, tmp_path / "home")
+    served = _serve_weights(monkeypatch, tmp_path / "server", resnet18().state_dict(),
+                            name_hash="0123456789")      # not this file's SHA-256 prefix
+    with pytest.raises(PretrainedWeightsError, match="SHA-256") as err:
+        build_model("bisenet", backbone="resnet18", pretrained="imagenet")
+    assert served.name in str(err.value) and not (checkpoints / served.name).exists()
+
+
+def test_imagenet_offline_fails_in_one_line(monkeypatch, tmp_path):
+    checkpoints = _hub(monkeypatch, tmp_path)
+    url = "file:///nonexistent/weights/resnet18-f37072fd.pth"   # fails as an offline fetch
+    monkeypatch.setitem(pretrained.IMAGENET_WEIGHTS, "resnet18", SimpleNamespace(url=url))
     with pytest.raises(PretrainedWeightsError) as err:
         build_model("bisenet", backbone="resnet18", pretrained="imagenet")
-    assert "resnet18-f37072fd.pth" in str(err.value) and str(checkpoints) in str(err.value)
-    assert "--pretrained /path" in str(err.value)
+    message = str(err.value)
+    assert "resnet18-f37072fd.pth" in message and str(checkpoints) in message
+    assert url in message and "--pretrained /path" in message
+    assert "\n" not in message and "Traceback" not in message
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert not checkpoints.exists() or os.listdir(checkpoints) == []
+
+
+def test_imagenet_weights_come_from_torchvision():
+    assert pretrained.IMAGENET_WEIGHTS["resnet18"].url == \
+        "https://download.pytorch.org/models/resnet18-f37072fd.pth"
+    assert pretrained.IMAGENET_WEIGHTS["resnet101"].url == \
+        "https://download.pytorch.org/models/resnet101-63fe2227.pth"
 
 
 def test_imagenet_from_cache(monkeypatch, tmp_path):

@@ -3,6 +3,7 @@ and its Cityscapes label-id PNGs, scored by the official evaluator's rule, give 
 mIoU that evaluate.py reports for the same checkpoint and frames."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -14,8 +15,10 @@ from conftest import ROOT, tiny_args
 from PIL import Image
 
 import evaluate
+import gen_pseudo
 import predict
 import train_source
+from core import cli
 from core.checkpoint import load_checkpoint, save_checkpoint
 from core.errors import ConfigError, MissingDataError
 from core.evaluation import inference_autocast, load_model
@@ -215,3 +218,84 @@ def test_amp_autocasts_on_cuda():
     with inference_autocast(device, amp=False)():
         assert F.linear(torch.ones(2, 4, device=device),
                         torch.ones(3, 4, device=device)).dtype == torch.float32
+
+
+INFERENCE_FLAGS = {"--ensemble", "--size", "--batch-size", "--workers", "--amp", "--device"}
+
+
+def test_one_inference_flag_group_and_one_ensemble_convention(checkpoint, tiny_demo, tmp_path,
+                                                              capsys):
+    """evaluate.py, gen_pseudo.py and predict.py: the same inference flags (types, arity,
+    choices; each script's defaults), and CHECKPOINT --ensemble CKPT ...: the ensemble of a
+    checkpoint with itself, named twice or as a copy, is that checkpoint alone."""
+    parsers = {m.__name__: m.build_parser() for m in (evaluate, gen_pseudo, predict)}
+    shapes, defaults = {}, {}
+    for name, parser in parsers.items():
+        actions = {a.option_strings[0]: a for a in parser._actions
+                   if a.option_strings and a.option_strings[0] in INFERENCE_FLAGS}
+        assert set(actions) == INFERENCE_FLAGS, name
+        shapes[name] = {flag: (a.dest, type(a), a.type, a.nargs, a.metavar, a.choices)
+                        for flag, a in actions.items()}
+        defaults[name] = {flag: a.default for flag, a in actions.items()}
+        assert all("default" in a.help for a in actions.values()), name
+    assert shapes["evaluate"] == shapes["gen_pseudo"] == shapes["predict"]
+    assert shapes["predict"]["--workers"][2] is cli.non_negative_int
+    assert shapes["predict"]["--batch-size"][2] is shapes["predict"]["--size"][2] \
+        is cli.positive_int
+    assert {n: (d["--batch-size"], d["--workers"]) for n, d in defaults.items()} == \
+        {"evaluate": (1, 2), "gen_pseudo": (2, 2), "predict": (1, 0)}
+    for d in defaults.values():
+        assert d["--ensemble"] == [] and d["--size"] is None and d["--device"] == "auto"
+
+    # flag errors name the value, and the old ensemble forms are answered with the new one
+    ckpt, copy = str(checkpoint), str(tmp_path / "copy.pth")
+    shutil.copyfile(checkpoint, copy)
+    for argv, message in [
+            ((evaluate, [ckpt, "--workers", "-1"]), "--workers: expected an integer >= 0, got -1"),
+            ((predict, [ckpt, "x.png", "--out", "p", "--workers", "x"]),
+             "--workers: expected an integer >= 0, got 'x'"),
+            ((gen_pseudo, [ckpt, copy, "--out", "p"]),
+             f"write `gen_pseudo.py {ckpt} --ensemble {copy} --out p`"),
+            ((evaluate, [ckpt, copy, "--ensemble"]), f"`evaluate.py {ckpt} --ensemble {copy}`"),
+            ((evaluate, [ckpt, copy, "--ensemble", ckpt]),
+             f"`evaluate.py {ckpt} --ensemble {copy} {ckpt}`")]:
+        script, args = argv
+        with pytest.raises(SystemExit):
+            script.parse_args(args)
+        assert message in capsys.readouterr().err
+
+    # evaluate.py: the same scores alone, named twice and with a copy
+    scores = []
+    for i, more in enumerate(([], ["--ensemble", ckpt], ["--ensemble", copy])):
+        evaluate.main(evaluate.parse_args([ckpt, *more, "--workers", "0",
+                                           "--json", str(tmp_path / f"e{i}.json")]))
+        scores.append(json.loads((tmp_path / f"e{i}.json").read_text()))
+    assert scores[2]["checkpoint"] == f"ensemble of {ckpt}, {copy}"
+    for s in scores[1:]:
+        assert s["miou"] == scores[0]["miou"] and s["iou"] == scores[0]["iou"]
+    # gen_pseudo.py: the same pseudo labels and thresholds
+    for i, more in enumerate(([], ["--ensemble", ckpt], ["--ensemble", copy])):
+        gen_pseudo.main(gen_pseudo.parse_args([ckpt, *more, "--out", str(tmp_path / f"g{i}"),
+                                               "--workers", "0"]))
+    reports = [json.loads((tmp_path / f"g{i}" / "thresholds.json").read_text())
+               for i in range(3)]
+    assert [r["checkpoints"] for r in reports] == [[ckpt], [ckpt], [ckpt, copy]]
+    assert reports[0]["classes"] == reports[1]["classes"] == reports[2]["classes"]
+    pngs = sorted(p.relative_to(tmp_path / "g0") for p in (tmp_path / "g0").rglob("*.png"))
+    assert len(pngs) == 8
+    for png in pngs:
+        first = np.asarray(Image.open(tmp_path / "g0" / png))
+        for i in (1, 2):
+            assert np.array_equal(first, np.asarray(Image.open(tmp_path / f"g{i}" / png)))
+    # predict.py: the same labels, also in batches read by a worker process
+    val_images = tiny_demo.target / "leftImg8bit" / "val"
+    runs = ([], ["--ensemble", ckpt], ["--ensemble", copy], ["--batch-size", "3", "--workers", "1"])
+    for i, more in enumerate(runs):
+        predict.main(predict.parse_args([ckpt, str(val_images), "--out", str(tmp_path / f"p{i}"),
+                                         "--format", "trainids", *more]))
+    pngs = sorted(p.relative_to(tmp_path / "p0") for p in (tmp_path / "p0").rglob("*.png"))
+    assert len(pngs) == 4
+    for png in pngs:
+        first = np.asarray(Image.open(tmp_path / "p0" / png))
+        for i in range(1, len(runs)):
+            assert np.array_equal(first, np.asarray(Image.open(tmp_path / f"p{i}" / png)))

@@ -1,4 +1,4 @@
-"""Prepared copies (core/prepared.py): the same items as the raw files, kept up to date, resumable,
+"""Prepared copies (core/prepared/): the same items as the raw files, kept up to date, resumable,
 never written over a user's files; and the loader timing that CUDA runs print."""
 import argparse
 import json
@@ -14,14 +14,14 @@ from torch.utils.data import Dataset
 import train_adv
 from core import cli
 from core.datasets import GTA5, Cityscapes
-from core.demo import DemoPaths
 from core.errors import ConfigError, MissingDataError
 from core.prepared import MANIFEST, MARKER, use_prepared
-from core.prepared import main as prepare_main
-from core.prepared import parse_args as prepare_args
+from core.prepared.__main__ import main as prepare_main
+from core.prepared.__main__ import parse_args as prepare_args
 from core.runtime import LOAD_SECONDS, Run
-from core.sampling import SOURCE_STREAM, Stream, make_loader
+from core.sampling import Stream, make_loader
 from core.transforms import build_transforms
+from demo import DemoPaths
 
 GTA_WH, CITY_WH = (64, 40), (64, 32)      # file sizes (W, H) of the tiny trees
 GTA_SIZE, CITY_SIZE = (24, 40), (16, 32)  # working sizes (H, W): shrinking, not by an integer
@@ -265,7 +265,7 @@ class Numbers(Dataset):
 
 def test_persistent_workers_give_the_same_batches_pass_after_pass():
     def batches(**kw):
-        stream = Stream(make_loader(Numbers(), 2, seed=5, stream=SOURCE_STREAM, train=True, **kw))
+        stream = Stream(make_loader(Numbers(), 2, seed=5, role="source", train=True, **kw))
         return [stream.next()["image"] for _ in range(7)]   # over two pass boundaries
     kept = batches(workers=1, persistent_workers=True)
     assert all(torch.equal(a, b) for a, b in zip(batches(workers=0), kept, strict=True))
@@ -276,14 +276,13 @@ def test_loading_time_is_measured_per_item_and_printed_per_epoch(trees, tmp_path
                               channels_last=False, batch_size=2, workers=0, epochs=2)
     run = Run(args, "test")
     assert not run.time_loading                 # on CPU runs: no timing, batches as before
-    assert set(Stream(run.train_loader(gta5(trees), SOURCE_STREAM)).next()) == {
-        "image", "label", "name"}
-    run.progress(2, 0)
+    assert set(run.stream(gta5(trees), "source").next()) == {"image", "label", "name"}
+    run.progress(range(0, 2))
     assert capsys.readouterr().out == ""
 
     run.time_loading = True                     # what a CUDA run does
-    stream = Stream(run.train_loader(gta5(trees), SOURCE_STREAM))
-    run.progress(2, 0)
+    stream = run.stream(gta5(trees), "source")
+    run.progress(range(0, 2))
     assert "CPU-s of loading per iteration (2 samples of each training set)" in \
         capsys.readouterr().out
     seconds = []
@@ -291,8 +290,9 @@ def test_loading_time_is_measured_per_item_and_printed_per_epoch(trees, tmp_path
         batch = stream.next()
         seconds.append(float(batch[LOAD_SECONDS].sum()))
         assert 0 < seconds[-1] < 60
-        assert set(run.batch_to_device(batch)) == {"image", "label", "name"}
-    run.progress(2, 1)
+        assert set(run.to_device(batch)) == {"image", "label", "name"}
+    run._load_iters = 2                         # as Run.log_and_save counts them
+    run.report_loading()                        # printed at each epoch end
     line = capsys.readouterr().out
     assert f"data: {sum(seconds) / 2:.2g} CPU-s of loading per iteration (last epoch)" in line
     assert "0 worker(s)" in line and "--prepared DIR loads faster" in line

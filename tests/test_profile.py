@@ -47,7 +47,7 @@ def test_discriminator_macs_at_512x1024():
 
 def test_frozen_batchnorm_is_counted_like_batchnorm():
     # thop matches rules by exact type; FrozenBatchNorm2d must not silently count as zero.
-    model = build_model("deeplabv2").to("meta").eval()
+    model = build_model("deeplabv2", deeplab_bn="frozen").to("meta").eval()
     macs = count_macs(model, (1, 3, 64, 64))
     conv_macs, bn_macs = [], []
 

@@ -18,7 +18,7 @@ import profile_model
 import train_adv
 import train_fda
 import train_source
-from core import runtime
+from core import checkpoint, runtime
 from core.cli import entry, one_line
 from core.errors import DataError
 from core.runtime import lock_folder
@@ -115,9 +115,13 @@ def test_kill_between_best_and_last_then_resume_gives_the_straight_run(tiny_demo
 def test_kill_after_the_checkpoint_before_the_log_line(tiny_demo, tmp_path, monkeypatch):
     out = tmp_path / "run"
 
-    def dies(self, record):
-        raise KeyboardInterrupt("killed")
-    monkeypatch.setattr(runtime.Run, "log_epoch", dies)
+    real = runtime.Run._save
+
+    def dies(self, done, record=None, is_best=False):   # right after the epoch's checkpoint
+        real(self, done, record, is_best)
+        if record is not None:
+            raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(runtime.Run, "_save", dies)
     with pytest.raises(KeyboardInterrupt):
         run_source(tiny_demo, out, "--epochs", 2)
     monkeypatch.undo()
@@ -192,7 +196,7 @@ def test_broken_validation_image_and_full_disk_fail_before_training(tiny_demo, t
     fails(train_source.main, train_source.parse_args,
           tiny_args(tiny_demo, out, "--epochs", 1) + ["--val-root", str(val)], str(bad.name))
     assert not (out / "last.pth").exists()
-    monkeypatch.setattr(runtime, "MIN_FREE_BYTES", 1 << 60)
+    monkeypatch.setattr(checkpoint, "MIN_FREE_BYTES", 1 << 60)
     fails(train_source.main, train_source.parse_args,
           tiny_args(tiny_demo, tmp_path / "full", "--epochs", 1), "MiB free in")
 
@@ -242,9 +246,18 @@ def test_exploding_loss_stops_without_best(tiny_demo, tmp_path, monkeypatch):
 # -- 13. DeepLabV2 cannot train from random weights ----------------------------------------
 
 def test_deeplab_from_scratch_is_refused_with_the_reason(tiny_demo, tmp_path, capsys):
+    """Only with fully frozen statistics: the default trains BatchNorm on batch statistics,
+    which random weights can work with."""
     with pytest.raises(SystemExit):
-        train_source.parse_args(tiny_args(tiny_demo, tmp_path / "x", "--model", "deeplabv2"))
+        train_source.parse_args(tiny_args(tiny_demo, tmp_path / "x", "--model", "deeplabv2",
+                                          "--deeplab-bn", "frozen"))
     assert "BatchNorm is frozen" in capsys.readouterr().err
+    args = train_source.parse_args(tiny_args(tiny_demo, tmp_path / "x", "--model", "deeplabv2"))
+    assert args.deeplab_bn == "train"
+    with pytest.raises(SystemExit):
+        train_source.parse_args(tiny_args(tiny_demo, tmp_path / "x", "--deeplab-bn", "frozen"))
+    assert "--deeplab-bn is an option of --model deeplabv2, not bisenet" in \
+        capsys.readouterr().err
 
 
 # -- 14. smaller cases ---------------------------------------------------------------------
@@ -285,7 +298,7 @@ def test_crop_larger_than_the_image_and_tiny_discriminator_input(tiny_demo, tmp_
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--cap", "-1"], "--cap -1.0: expected a value in [0, 1]"),
+    (["--cap", "-1"], "argument --cap: expected a number in [0, 1], got -1"),
     (["--bins", "0"], "argument --bins: expected an integer >= 1"),
 ])
 def test_gen_pseudo_flag_errors(one_epoch, tmp_path, capsys, argv, message):

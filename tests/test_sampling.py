@@ -3,9 +3,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core.sampling import (
-    SOURCE_STREAM,
-    TARGET_STREAM,
-    EpochSampler,
+    PassSampler,
     Stream,
     make_loader,
     sample_seed,
@@ -17,41 +15,41 @@ def indices(sampler):
 
 
 def test_sampler_order_depends_only_on_seed_stream_and_epoch():
-    a, b = EpochSampler(20, shuffle=True, seed=3), EpochSampler(20, shuffle=True, seed=3)
-    a.set_epoch(2)
+    a, b = PassSampler(20, shuffle=True, seed=3), PassSampler(20, shuffle=True, seed=3)
+    a.set_pass(2)
     list(b)           # b has been used before; the order must not depend on it
-    b.set_epoch(2)
+    b.set_pass(2)
     assert list(a) == list(b)
-    b.set_epoch(3)
+    b.set_pass(3)
     assert indices(a) != indices(b)
     assert sorted(indices(a)) == list(range(20))
-    a.set_epoch(2, start=5)
-    full = EpochSampler(20, shuffle=True, seed=3)
-    full.set_epoch(2)
+    a.set_pass(2, start=5)
+    full = PassSampler(20, shuffle=True, seed=3)
+    full.set_pass(2)
     assert list(a) == list(full)[5:]
-    other_stream = EpochSampler(20, shuffle=True, seed=3, stream=1)
-    other_stream.set_epoch(2)
+    other_stream = PassSampler(20, shuffle=True, seed=3, role="target")
+    other_stream.set_pass(2)
     assert indices(other_stream) != indices(full)
 
 
 def test_sample_seeds_differ_by_epoch_and_sample_and_not_by_position():
-    s = EpochSampler(6, shuffle=True, seed=1)
-    s.set_epoch(0)
+    s = PassSampler(6, shuffle=True, seed=1)
+    s.set_pass(0)
     first = dict(s)
-    s.set_epoch(1)
+    s.set_pass(1)
     second = dict(s)
     assert len(set(first.values())) == 6                       # one seed per sample
     assert all(first[i] != second[i] for i in range(6))         # a new draw each pass
-    assert first == {i: sample_seed(1, 0, 0, i) for i in range(6)}
+    assert first == {i: sample_seed(1, "source", 0, i) for i in range(6)}
 
 
 def test_sampler_partitions_across_ranks():
-    train = [EpochSampler(10, True, seed=1, rank=r, world_size=3, pad=True) for r in range(3)]
+    train = [PassSampler(10, True, seed=1, rank=r, world_size=3, pad=True) for r in range(3)]
     seen = [indices(s) for s in train]
     assert all(len(s) == 4 for s in seen)                # padded to 12
     assert set(sum(seen, [])) == set(range(10))
     assert all(s.samples_per_pass() == 4 for s in train)
-    val = [EpochSampler(10, False, rank=r, world_size=3, pad=False) for r in range(3)]
+    val = [PassSampler(10, False, rank=r, world_size=3, pad=False) for r in range(3)]
     assert sorted(sum((indices(s) for s in val), [])) == list(range(10))  # no duplicates
 
 
@@ -68,7 +66,7 @@ class Draws(Dataset):
 
 
 def run_stream(n, workers=0, state=None):
-    stream = Stream(make_loader(Draws(), 2, seed=0, stream=SOURCE_STREAM, train=True,
+    stream = Stream(make_loader(Draws(), 2, seed=0, role="source", train=True,
                                 workers=workers))
     if state:
         stream.load_state_dict(state)
@@ -90,7 +88,7 @@ def test_draws_do_not_depend_on_the_number_of_workers():
 
 def test_source_and_target_streams_are_shuffled_differently():
     def order(stream):
-        loader = make_loader(Draws(), 1, seed=0, stream=stream, train=True, workers=0)
+        loader = make_loader(Draws(), 1, seed=0, role=stream, train=True, workers=0)
         return indices(loader.sampler)
-    assert order(SOURCE_STREAM) != order(TARGET_STREAM) == order(TARGET_STREAM)
-    assert len(Stream(make_loader(Draws(), 2, seed=0, stream=0, train=True, workers=0))) == 3
+    assert order("source") != order("target") == order("target")
+    assert len(Stream(make_loader(Draws(), 2, seed=0, role="source", train=True, workers=0))) == 3

@@ -78,9 +78,10 @@ def test_seed_groups_are_mean_std_n_of_the_single_runs(runs, tmp_path, capsys):
     assert f"| {runs[3]} | 1 | 1 | 64x128 | {100 * other['pixel_acc']:.2f} | " in printed
 
 
-def test_group_by_seed_refuses_an_ensemble(runs):
+def test_group_by_seed_refuses_an_ensemble(runs, capsys):
     with pytest.raises(SystemExit):
-        evaluate.parse_args([*runs, "--ensemble", "--group-by-seed"])
+        evaluate.parse_args([runs[0], "--ensemble", *runs[1:], "--group-by-seed"])
+    assert "--group-by-seed scores each checkpoint on its own" in capsys.readouterr().err
 
 
 def test_brace_names():

@@ -1,11 +1,12 @@
-"""--save-every, --time-limit and --log-every: mid-epoch checkpoints that resume exactly."""
+"""--save-every, --time-limit and --log-every: mid-epoch checkpoints that resume exactly
+(core.runtime.Run.log_and_save, the one place that saves)."""
 import json
 
 import pytest
 import torch
 from conftest import tiny_args
 
-import core.session
+import core.runtime
 import train_adv
 import train_source
 
@@ -37,7 +38,8 @@ def test_time_limit_saves_mid_epoch_stops_and_resumes_exactly(straight, tiny_dem
         tiny_demo, out, "--epochs", 2, "--aug", "flip,jitter", "--log-every", 2,
         "--time-limit", 1e-6)))
     state = torch.load(out / "last.pth", weights_only=True)
-    assert (state["epoch"], state["step"], state["iteration"]) == (-1, 1, 1)
+    assert (state["epoch"], state["iteration"]) == (-1, 1)
+    assert state["meter"]["count"] == 1                    # the epoch's running losses
     assert not (out / "best.pth").exists()
     train_source.main(train_source.parse_args(["--resume", str(out / "last.pth")]))
     a, b = same_weights(straight / "last.pth", out / "last.pth")
@@ -56,20 +58,19 @@ def test_save_every_writes_mid_epoch_checkpoints_that_resume_exactly(tiny_demo, 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     train_adv.main(train_adv.parse_args(common + ["--out", str(straight)]))
     saved = []
-    real = core.session.checkpoint_state
+    real = core.runtime.save_checkpoint
 
-    def dies_after_second_save(*args, **kwargs):
-        state = real(*args, **kwargs)
-        saved.append(state["step"])
+    def dies_at_second_save(state, path):
+        saved.append(state["iteration"])
         if len(saved) == 2:
-            raise KeyboardInterrupt("killed")     # after step 3's checkpoint was built
-        return state
-    monkeypatch.setattr(core.session, "checkpoint_state", dies_after_second_save)
+            raise KeyboardInterrupt("killed")     # while writing iteration 4's checkpoint
+        return real(state, path)
+    monkeypatch.setattr(core.runtime, "save_checkpoint", dies_at_second_save)
     with pytest.raises(KeyboardInterrupt):
         train_adv.main(train_adv.parse_args(common + ["--out", str(killed), "--save-every", "2"]))
     monkeypatch.undo()
     assert saved == [2, 4]
-    assert torch.load(killed / "last.pth", weights_only=True)["step"] == 2
+    assert torch.load(killed / "last.pth", weights_only=True)["iteration"] == 2
     train_adv.main(train_adv.parse_args(["--resume", str(killed / "last.pth")]))
     same_weights(straight / "last.pth", killed / "last.pth", ("model", "disc"))
 

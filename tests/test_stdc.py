@@ -4,13 +4,14 @@ import math
 import pytest
 import torch
 from conftest import tiny_args
+from torch import nn
 
 import train_source
 from core import losses
 from core.checkpoint import load_checkpoint
 from core.losses import cross_entropy, detail_loss, detail_target, seg_loss_sum
-from core.models import PretrainedWeightsError, build_model, param_groups, upsample
-from core.models.stdc import TrainOutputs
+from core.models import PretrainedWeightsError, build_model, model_options, param_groups, upsample
+from core.models.stdc import STAGE_DEPTHS, TrainOutputs
 
 # The authors' network (models/model_stages.py): backbone, context path, FFM, main head.
 INFERENCE_PARAMS = {"stdc1": 8_275_104, "stdc2": 12_305_568}
@@ -60,13 +61,116 @@ def test_inference_parameter_counts(backbone):
     assert not {model.aux8, model.aux16, model.detail} & called
 
 
-def test_param_groups_put_ffm_and_heads_at_10x(stdc1):
-    slow, fast = param_groups(stdc1, lr=0.01, weight_decay=5e-4)
+def authors_get_params(model):
+    """The authors' optimiser groups, transcribed onto our module names: MichaelFan01/STDC-Seg
+    models/model_stages.py (BiSeNet.get_params over its children, each child's get_params)
+    and optimizer_loss.py (the param_list). Returns [(params, lr multiplier, decays?)].
+
+    Their children -> ours: cp (ContextPath: the STDC backbone, arm16, arm32, conv_avg,
+    conv_head32, conv_head16) -> backbone, arm16, arm32, global_context, head32, head16;
+    ffm -> ffm; conv_out, conv_out16, conv_out32, conv_out_sp8 (BiSeNetOutput) -> classifier,
+    aux8, aux16, detail. A child's get_params: every nn.Linear / nn.Conv2d weight with decay
+    (a bias without), every BatchNorm2d of model_stages.py (InPlaceABNSync) without decay;
+    the backbone's BatchNorm (plain nn.BatchNorm2d of nets/stdcnet.py) is not InPlaceABNSync
+    and lands nowhere. FeatureFusionModule and BiSeNetOutput children go to the lr_mul
+    groups (10x)."""
+    children = {"cp": [model.backbone, model.arm16, model.arm32, model.global_context,
+                       model.head32, model.head16],
+                "ffm": [model.ffm], "conv_out": [model.classifier], "conv_out16": [model.aux8],
+                "conv_out32": [model.aux16], "conv_out_sp8": [model.detail]}
+    plain_bn = {id(m) for m in model.backbone.modules()}      # nets/stdcnet.py's layers
+
+    def child_get_params(modules):
+        wd, nowd = [], []
+        for module in modules:
+            for _, m in module.named_modules():
+                if isinstance(m, nn.Linear | nn.Conv2d):
+                    wd.append(m.weight)
+                    if m.bias is not None:
+                        nowd.append(m.bias)
+                elif isinstance(m, nn.BatchNorm2d) and id(m) not in plain_bn:
+                    nowd += list(m.parameters())
+        return wd, nowd
+
+    wd, nowd, lr_mul_wd, lr_mul_nowd = [], [], [], []
+    for name, modules in children.items():
+        child_wd, child_nowd = child_get_params(modules)
+        if name == "cp":
+            wd, nowd = wd + child_wd, nowd + child_nowd
+        else:
+            lr_mul_wd, lr_mul_nowd = lr_mul_wd + child_wd, lr_mul_nowd + child_nowd
+    return [(wd, 1, True), (nowd, 1, False), (lr_mul_wd, 10, True), (lr_mul_nowd, 10, False)]
+
+
+def backbone_bn_tensors(depths):
+    """BatchNorm weight + bias of the backbone, by hand: the two stem ConvX, 4 ConvX per STDC
+    module, and the avd_layer of the first (stride-2) module of each of the 3 stages."""
+    return 2 * (2 + 4 * sum(depths) + 3)
+
+
+@pytest.mark.parametrize("backbone", ["stdc1", "stdc2"])
+def test_param_groups_are_the_authors_get_params(backbone):
+    model = build_model("stdc", 19, backbone)
+    groups = param_groups(model, lr=0.01, weight_decay=5e-4)
+    theirs = authors_get_params(model)
+    assert len(groups) == len(theirs) == 4
+    for group, (params, lr_mul, decays) in zip(groups, theirs, strict=True):
+        ids = [id(p) for p in group["params"]]
+        assert len(set(ids)) == len(ids) and set(ids) == {id(p) for p in params}
+        assert group["lr"] == pytest.approx(0.01 * lr_mul)
+        assert group["weight_decay"] == (5e-4 if decays else 0.0)
+    # left out: exactly the backbone's BatchNorm affine tensors, which never get a gradient.
+    # The authors' STDCNet813 leaves out 62: these 58, and 4 of the ImageNet tail
+    # (conv_last.bn, bn) that their class builds and STDC-Seg never runs (not built here).
+    grouped = {id(p) for g in groups for p in g["params"]}
+    left = [n for n, p in model.named_parameters() if id(p) not in grouped]
+    assert len(left) == backbone_bn_tensors(STAGE_DEPTHS[backbone]) == \
+        {"stdc1": 58, "stdc2": 106}[backbone]
+    assert all(n.startswith("backbone.features.") and n.endswith((".weight", ".bias"))
+               and isinstance(model.get_submodule(n.rsplit(".", 1)[0]), nn.BatchNorm2d)
+               for n in left)
+    assert sorted(n for n, p in model.named_parameters() if not p.requires_grad) == sorted(left)
+    if backbone == "stdc1":     # by hand: backbone 2 + 4 x 6 + 3 convs, context path 7 convs
+        assert [len(g["params"]) for g in groups] == [29 + 7, 2 * 7, 11, 2 * 5]
+
+
+def test_an_authors_step_decays_conv_weights_only():
+    """One SGD step with zero gradients: conv weights shrink by lr x weight decay (x 10 lr in
+    the FFM and heads), BatchNorm parameters stay, the backbone's BN is not touched."""
+    model = build_model("stdc", 19, "stdc1")
+    groups = param_groups(model, lr=0.01, weight_decay=5e-4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p) if p.requires_grad else None
+    torch.optim.SGD(groups, lr=0.01, momentum=0.9, weight_decay=5e-4).step()
+    for name, p in model.named_parameters():
+        fast = name.split(".")[0] in ("ffm", "classifier", "aux8", "aux16", "detail")
+        if p.ndim == 4:   # conv weights (no conv has a bias)
+            factor = 1 - (0.1 if fast else 0.01) * 5e-4
+            torch.testing.assert_close(p.detach(), before[name] * factor)
+        else:
+            assert torch.equal(p.detach(), before[name]), name
+
+
+def test_all_groups_option_trains_every_parameter_with_decay():
+    """stdc_groups="all" (the grouping of runs older than the option): every parameter, all
+    with weight decay; FFM and heads at 10x."""
+    model = build_model("stdc", 19, "stdc1", stdc_groups="all")
+    slow, fast = param_groups(model, lr=0.01, weight_decay=5e-4)
     assert (slow["lr"], fast["lr"]) == (0.01, pytest.approx(0.1))
+    assert slow["weight_decay"] == fast["weight_decay"] == 5e-4
     ids = [id(p) for g in (slow, fast) for p in g["params"]]
-    assert sorted(ids) == sorted(id(p) for p in stdc1.parameters()) and len(set(ids)) == len(ids)
-    heads = [stdc1.ffm, stdc1.classifier, stdc1.aux8, stdc1.aux16, stdc1.detail]
+    assert sorted(ids) == sorted(id(p) for p in model.parameters()) and len(set(ids)) == len(ids)
+    assert all(p.requires_grad for p in model.parameters())
+    heads = [model.ffm, model.classifier, model.aux8, model.aux16, model.detail]
     assert {id(p) for p in fast["params"]} == {id(p) for m in heads for p in m.parameters()}
+    assert model_options({"model": "stdc"}) == {"stdc_groups": "all"}    # older checkpoints
+    assert model_options({"model": "stdc", "stdc_groups": "authors"}) == {
+        "stdc_groups": "authors"}
+    with pytest.raises(ValueError, match="'mine'"):
+        build_model("stdc", 19, "stdc1", stdc_groups="mine")
+    with pytest.raises(ValueError, match="stdc_groups is an option of --model stdc"):
+        build_model("bisenet", stdc_groups="all")
 
 
 # ---- detail ground truth and loss ----
@@ -196,10 +300,18 @@ def test_checkpoint_that_does_not_fit_names_the_keys(tmp_path):
 def test_imagenet_reads_the_official_file_from_the_hub_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     monkeypatch.setattr(torch.hub, "_hub_dir", None, raising=False)
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
     checkpoints = tmp_path / "hub" / "checkpoints"
-    with pytest.raises(PretrainedWeightsError) as err:
+    with pytest.raises(PretrainedWeightsError) as err:   # Google Drive / Baidu: by hand only
         build_model("stdc", 19, "stdc2", pretrained="imagenet")
-    assert "STDCNet1446_76.47.tar" in str(err.value) and str(checkpoints) in str(err.value)
+    message = str(err.value)
+    assert "STDCNet1446_76.47.tar" in message and str(checkpoints) in message
+    for part in ("cannot be downloaded", "Google Drive", "github.com/MichaelFan01/STDC-Seg"):
+        assert part in message
     features, state = official_state_dict()
     checkpoints.mkdir(parents=True)
     torch.save({"state_dict": state}, checkpoints / "STDCNet813M_73.91.tar")
@@ -233,5 +345,7 @@ def test_train_source_defaults_run_and_resume_exactly(tiny_demo, tmp_path, monke
     for k, v in a["optimizer"]["state"].items():
         assert torch.equal(v["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
     assert a["scheduler"] == b["scheduler"] and a["best_miou"] == b["best_miou"]
-    slow, fast = a["optimizer"]["param_groups"]
-    assert fast["lr"] == pytest.approx(10 * slow["lr"])
+    # 2 or 4 groups (stdc_groups 'all' / 'authors'), at the base LR or 10x (the scheduler
+    # keeps each group's starting LR as initial_lr; at the end of the run every lr is 0)
+    lrs = sorted({g["initial_lr"] for g in a["optimizer"]["param_groups"]})
+    assert lrs == [0.01, pytest.approx(0.1)]

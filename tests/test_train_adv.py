@@ -28,6 +28,12 @@ def adv_args(lambda_adv=0.001):
     return argparse.Namespace(lambda_adv=lambda_adv, lambda_pseudo=1.0, pseudo=None)
 
 
+def segmenter_step(run, model, disc, criterion, src, trg, args, it=0):
+    return train_adv.segmenter_step(run, model, disc, criterion, src, trg, it=it,
+                                    lambda_adv=args.lambda_adv,
+                                    lambda_pseudo=args.lambda_pseudo)
+
+
 def batch(seed, labelled=True, size=(64, 96)):
     g = torch.Generator().manual_seed(seed)
     b = {"image": torch.randint(0, 256, (2, 3, *size), generator=g, dtype=torch.uint8)}
@@ -55,8 +61,9 @@ def test_one_iteration_updates_both_and_step2_leaves_d_alone(tmp_path):
     m0, d0 = snapshot(model), snapshot(disc)
 
     # the domains' working sizes differ, as GTA5's and Cityscapes' do
-    src_prob, trg_prob, losses = train_adv.segmenter_step(
-        run, model, disc, criterion, batch(1), batch(2, labelled=False, size=(48, 80)), 0, args)
+    probs, losses = segmenter_step(
+        run, model, disc, criterion, batch(1), batch(2, labelled=False, size=(48, 80)), args)
+    src_prob, trg_prob = probs["source"], probs["target"]
     # step 2 passed gradients through D to the segmenter, never into D
     assert all(p.grad is None for p in disc.parameters())
     assert not changed(d0, disc)
@@ -103,8 +110,8 @@ def test_adversarial_step_makes_target_maps_look_like_source_to_d(tmp_path):
         return 0.0 * logits.sum()
     before = d_on_target()
     for i in range(3):
-        train_adv.segmenter_step(run, model, disc, zero_seg_loss, batch(1), target, i,
-                                 adv_args(lambda_adv=1.0))
+        segmenter_step(run, model, disc, zero_seg_loss, batch(1), target,
+                       adv_args(lambda_adv=1.0), it=i)
         step(opt)
     assert d_on_target() < before - 1e-4
     assert all(p.grad is None for p in disc.parameters())

@@ -1,6 +1,6 @@
 """train_fda.py, gen_pseudo.py and the self-training round on a tiny demo pair (CPU)."""
-import argparse
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +13,6 @@ import train_fda
 from core.datasets import Cityscapes, PseudoLabelDataset
 from core.evaluation import load_model, predict_probs
 from core.models import build_model
-from core.runtime import Run
 from core.translate import fda_source_to_target
 
 
@@ -33,9 +32,8 @@ def test_fda_run_logs_entropy_and_checkpoints(fda_run):
 
 
 def fda_step_grads(tmp_path, monkeypatch=None, **overrides):
-    """Segmenter gradients after one train_step at iteration 0 from a fixed model and batch."""
-    run = Run(argparse.Namespace(device="cpu", amp=False, out=str(tmp_path), seed=0,
-                                 channels_last=False), "test")
+    """Segmenter gradients after one step of FDA's losses from a fixed model and batch (at
+    iteration 0: ent_start > 0 switches the entropy off)."""
     settings = {"translate": "fda", "beta": 0.09, "eta": 2.0, "ent_weight": 0.5,
                 "ent_start": 0, "lambda_pseudo": 1.0, "pseudo": None, **overrides}
     torch.manual_seed(0)
@@ -44,8 +42,11 @@ def fda_step_grads(tmp_path, monkeypatch=None, **overrides):
     source = {"image": torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8, generator=g),
               "label": torch.randint(0, 19, (2, 64, 96), generator=g)}
     target = {"image": torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8, generator=g)}
-    losses = train_fda.train_step(run, model, torch.nn.CrossEntropyLoss(), source, target, 0,
-                                  argparse.Namespace(**settings))
+    total, losses = train_fda.fda_losses(
+        model, torch.nn.CrossEntropyLoss(), source, target, method=settings["translate"],
+        beta=settings["beta"], eta=settings["eta"], lambda_pseudo=settings["lambda_pseudo"],
+        ent_weight=settings["ent_weight"] if settings["ent_start"] <= 0 else 0.0)
+    total.backward()
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]), \
         losses
 
@@ -54,9 +55,9 @@ def test_train_step_translates_source_and_adds_weighted_entropy(tmp_path, monkey
     seen = {}
     real = train_fda.fda_source_to_target
 
-    def spy(src, trg, beta):
+    def spy(src, trg, beta, **window):
         seen["beta"], seen["shapes"] = beta, (src.shape, trg.shape)
-        return real(src, trg, beta)
+        return real(src, trg, beta, **window)
     monkeypatch.setattr(train_fda, "fda_source_to_target", spy)
     with_ent, losses = fda_step_grads(tmp_path)
     assert seen["beta"] == 0.09
@@ -76,8 +77,7 @@ def test_train_step_translates_source_and_adds_weighted_entropy(tmp_path, monkey
 def test_translate_is_fda_of_the_raw_pixels():
     src = torch.rand(1, 3, 16, 24) * 255
     trg = torch.rand(1, 3, 16, 24) * 255
-    args = argparse.Namespace(translate="fda", beta=0.1)
-    assert torch.allclose(train_fda.translate(args, src, trg),
+    assert torch.allclose(train_fda.translate(src, trg, method="fda", beta=0.1),
                           fda_source_to_target(src, trg, 0.1))
 
 
@@ -118,10 +118,14 @@ def test_gen_pseudo_thresholds_files_and_self_training(fda_run, tiny_demo, tmp_p
     # palette PNGs: pixel values are the train ids, the palette their Cityscapes colours
     first = Image.open(next(out.rglob("*.png")))
     assert first.mode == "P" and first.getpalette()[:6] == [128, 64, 128, 244, 35, 232]
-    # an ensemble of the same model twice writes the same labels as the model alone
-    twice = tmp_path / "twice"
-    gen_pseudo.main(gen_pseudo.parse_args([str(ckpt), str(ckpt), "--out", str(twice),
-                                           "--workers", "0", "--quantile", "0.66"]))
+    # an ensemble of the same model twice (a copy: a file named twice counts once) writes the
+    # same labels as the model alone
+    twice, copy = tmp_path / "twice", tmp_path / "copy.pth"
+    shutil.copyfile(ckpt, copy)
+    gen_pseudo.main(gen_pseudo.parse_args([str(ckpt), "--ensemble", str(copy), "--out",
+                                           str(twice), "--workers", "0", "--quantile", "0.66"]))
+    assert json.loads((twice / "thresholds.json").read_text())["checkpoints"] == [str(ckpt),
+                                                                                  str(copy)]
     for png in out.rglob("*.png"):
         a = np.asarray(Image.open(png))
         b = np.asarray(Image.open(twice / png.relative_to(out)))

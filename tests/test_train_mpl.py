@@ -68,18 +68,31 @@ def labelled(seed, label, names):
 def iteration(run, teacher, student, opt_t, opt_s, src, fb, trg, args, it=0):
     """One iteration exactly as train_mpl.main's loop runs it; returns (h, losses, pseudo,
     strong)."""
-    criterion = CE
-    strong, weak_logits, pseudo = train_mpl.teacher_labels(run, teacher, trg, None, it)
+    labels = train_mpl.teacher_labels(run, teacher, trg["image"], thresholds=None, seed=it)
     before = train_mpl.feedback_loss(run, student, fb)
-    losses = train_mpl.student_step(run, student, criterion, src, fb, strong, pseudo, it, args)
+    loss, losses = student_losses(student, labels, src, fb, args)
+    loss.backward()
     opt_s.step()
     opt_s.zero_grad(set_to_none=True)
     h = train_mpl.H_SIGN[args.h_sign] * (train_mpl.feedback_loss(run, student, fb) - before)
-    losses.update(train_mpl.teacher_step(run, teacher, criterion, fb, strong, weak_logits,
-                                         pseudo, h, it, args))
+    loss_t, losses_t = teacher_losses(teacher, labels, fb, h, args, it)
+    loss_t.backward()
+    losses.update(losses_t)
     opt_t.step()
     opt_t.zero_grad(set_to_none=True)
-    return h, losses, pseudo, strong
+    return h, losses, labels["pseudo"], labels["strong"]
+
+
+def student_losses(student, labels, src, fb, args):
+    return train_mpl.student_losses(student, CE, labels, src, fb,
+                                    source_weight=args.student_source_weight)
+
+
+def teacher_losses(teacher, labels, fb, h, args, it=0):
+    return train_mpl.teacher_losses(
+        teacher, CE, labels, fb, h, mpl_weight=args.mpl_weight,
+        uda_weight=args.uda_weight * min(1.0, (it + 1) / args.uda_warmup),
+        uda_threshold=args.uda_threshold)
 
 
 def pixel_pair_iteration(run, src, fb, trg, args):
@@ -149,16 +162,14 @@ def test_teacher_gets_no_gradient_through_the_student(tmp_path):
     teacher, student = PixelClassifier(bias_class=A).train(), PixelClassifier().train()
     src, fb, trg = labelled(1, B, ["s1", "s2"]), labelled(3, 255, ["f"]), {"image": images(2)}
     args = mpl_args(uda_weight=0.0)
-    strong, weak_logits, pseudo = train_mpl.teacher_labels(run, teacher, trg, None, 0)
-    train_mpl.student_step(run, student, CE, src, fb,
-                           strong, pseudo, 0, args)
+    labels = train_mpl.teacher_labels(run, teacher, trg["image"], thresholds=None, seed=0)
+    student_losses(student, labels, src, fb, args)[0].backward()
     assert all(p.grad is None for p in teacher.parameters())    # the student's backward
     assert all(p.grad is not None for p in student.parameters())
     # h = 0, no labelled source pixel (B_fb all 255), no UDA: the teacher has nothing to learn
     for h, moved in ((0.0, False), (1.0, True)):
         teacher.zero_grad(set_to_none=True)
-        train_mpl.teacher_step(run, teacher, CE, fb,
-                               strong, weak_logits, pseudo, torch.tensor(h), 0, args)
+        teacher_losses(teacher, labels, fb, torch.tensor(h), args)[0].backward()
         grads = torch.cat([p.grad.flatten() for p in teacher.parameters()])
         assert bool(grads.abs().sum() > 0) == moved
 
@@ -200,13 +211,12 @@ def test_one_iteration_changes_both_networks_and_b_fb_leaves_no_trace(tmp_path):
 
 def test_student_ignores_source_images_that_are_also_in_b_fb(tmp_path):
     torch.manual_seed(0)
-    run = cpu_run(tmp_path)
     student = PixelClassifier().train()
     src = labelled(1, torch.randint(0, 19, (2, 32, 48)), ["x", "shared"])
     fb = labelled(3, 5, ["shared", "y"])
     pseudo = torch.full((2, 32, 48), 255)          # no pseudo-labelled pixel: source CE only
-    losses = train_mpl.student_step(run, student, CE, src,
-                                    fb, images(4), pseudo, 0, mpl_args())
+    _, losses = student_losses(student, {"strong": images(4), "pseudo": pseudo}, src, fb,
+                               mpl_args())
     with torch.no_grad():
         expected = F.cross_entropy(student(normalize(src["image"][:1]))[0], src["label"][:1])
     assert losses["loss_source"].item() == pytest.approx(expected.item(), rel=1e-5)
@@ -217,7 +227,8 @@ def test_on_the_fly_thresholds_follow_bdl_and_file_thresholds_apply(tmp_path):
     torch.manual_seed(0)
     teacher = PixelClassifier().train()
     trg = {"image": images(5, n=2, size=(40, 40))}
-    _, logits, pseudo = train_mpl.teacher_labels(run, teacher, trg, None, 0)
+    labels = train_mpl.teacher_labels(run, teacher, trg["image"], thresholds=None, seed=0)
+    logits, pseudo = labels["weak_logits"], labels["pseudo"]
     prob, label = logits.softmax(1).max(1)
     assert label.unique().numel() > 3
     for c in label.unique().tolist():   # BDL: the median of the class's probabilities, cap 0.9
@@ -230,7 +241,8 @@ def test_on_the_fly_thresholds_follow_bdl_and_file_thresholds_apply(tmp_path):
         assert (q == 255).any()
     given = torch.full((NUM_CLASSES,), 0.0)
     given[label.flatten()[0]] = 1.01                      # that class is never kept
-    _, _, pseudo = train_mpl.teacher_labels(run, teacher, trg, given, 0)
+    pseudo = train_mpl.teacher_labels(run, teacher, trg["image"], thresholds=given,
+                                      seed=0)["pseudo"]
     assert torch.equal(pseudo, torch.where(given[label] <= prob, label, 255))
 
 
@@ -238,7 +250,8 @@ def test_strong_view_is_reproducible_from_its_seed(tmp_path):
     run = cpu_run(tmp_path)
     teacher = PixelClassifier().train()
     trg = {"image": images(6)}
-    views = [train_mpl.teacher_labels(run, teacher, trg, None, seed)[0] for seed in (1, 1, 2)]
+    views = [train_mpl.teacher_labels(run, teacher, trg["image"], thresholds=None,
+                                      seed=seed)["strong"] for seed in (1, 1, 2)]
     assert torch.equal(views[0], views[1]) and not torch.equal(views[0], views[2])
 
 
@@ -275,7 +288,7 @@ def test_logged_h_is_the_feedback_loss_after_minus_before(tiny_demo, tmp_path, t
                                         "--epochs", 1, "--iters-per-epoch", 1))
     train_mpl.main(args)
     source = GTA5(args.source_root, split=args.source_split, size=args.source_size)
-    fb = Stream(make_loader(source, 2, args.seed, train_mpl.FEEDBACK_STREAM, train=True,
+    fb = Stream(make_loader(source, 2, args.seed, "feedback", train=True,
                             workers=0)).next()
 
     def ce(state):

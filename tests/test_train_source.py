@@ -82,8 +82,8 @@ def test_evaluate_matches_independent_confusion_matrix(trained, tiny_demo, tmp_p
     assert f"{100 * result['miou']:6.2f}" in printed
     assert "input 64x128 (HxW), logits upsampled to labels 256x512" in printed
     assert len(list((tmp_path / "vis").glob("*.png"))) == 4
-    # the ensemble of one checkpoint is that checkpoint
-    evaluate.main(evaluate.parse_args([str(ckpt), "--ensemble", "--workers", "0",
+    # the ensemble of a checkpoint with itself is that checkpoint
+    evaluate.main(evaluate.parse_args([str(ckpt), "--ensemble", str(ckpt), "--workers", "0",
                                        "--json", str(tmp_path / "ens.json")]))
     ens = json.loads((tmp_path / "ens.json").read_text())
     assert ens["miou"] == result["miou"] and ens["iou"] == result["iou"]

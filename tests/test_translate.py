@@ -1,4 +1,5 @@
-"""FDA against an independent numpy transcription of the authors' reference, and LAB transfer."""
+"""FDA against independent transcriptions of the authors' two functions (numpy: centred
+window; torch: four corner blocks), and LAB transfer."""
 import math
 import os
 from pathlib import Path
@@ -7,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from core.translate import fda_source_to_target, lab_to_rgb, lab_transfer, rgb_to_lab
+from core.translate import (
+    fda_corner_weight,
+    fda_source_to_target,
+    lab_to_rgb,
+    lab_transfer,
+    rgb_to_lab,
+)
 
 BETAS = (0.0, 0.01, 0.05, 0.09, 0.3)
 
@@ -111,6 +118,186 @@ def test_fda_clip_option():
     assert raw.max() > 255  # the reference does not clip: bright target pushes values out
     clipped = fda_source_to_target(src, trg, 0.05, clip=True)
     torch.testing.assert_close(clipped, raw.clamp(0, 255))
+
+
+# --- FDA, "corners": the authors' torch function (utils/__init__.py, used by train.py) --------
+#
+# Their code calls torch.rfft / torch.irfft, removed in torch 1.8. We emulate them with torch.fft:
+#   torch.rfft(x, signal_ndim=2, onesided=False) == torch.view_as_real(torch.fft.fft2(x)) for a
+#   real x (the full two-sided spectrum, real and imaginary parts in a last dim of 2).
+#   torch.irfft(X, signal_ndim=2, onesided=False, signal_sizes=(H, W)) was a complex-to-real
+#   (C2R) transform that used ONLY the first W//2 + 1 columns of X and ignored the others, i.e.
+#   torch.fft.irfft2(X[..., :W//2 + 1], s=(H, W)), NOT torch.fft.ifft2(X).real. Evidence:
+#   - torch <= 1.7 ATen: mkl/SpectralOps.cpp `_fft_mkl` (CPU, the path their train.py took:
+#     it calls FDA_source_to_target on the loader's CPU tensors, before .cuda()) sets up a
+#     DFTI_REAL backward transform with DFTI_CONJUGATE_EVEN_STORAGE = DFTI_COMPLEX_COMPLEX,
+#     which reads the conjugate-even half (W//2 + 1 columns) through the full tensor's
+#     strides; cuda/SpectralOps.cu `_fft_cufft` says "Slice when twosided complex-to-real":
+#     `if (complex_input && !complex_output && !onesided) input = input.narrow(signal_ndim, 0,
+#     infer_ft_real_to_complex_onesided_size(...))` before its cuFFT C2R plan;
+#   - the torch.irfft docstring: the input "should contain values following conjugate symmetry
+#     ... even if onesided is True, often symmetry on some part is still needed. When this
+#     requirement is not satisfied, the behavior of irfft() is undefined."
+#   The four corner blocks are NOT symmetric under k -> -k (frequency -b is in, +b is out), so
+#   the mutated spectrum is not Hermitian and the two emulations differ (asserted below). On
+#   the kept half, torch.fft.irfft2 (CPU, MKL build) computes the real part of the inverse of
+#   the half completed by its conjugate mirror (checked to 1e-16 on random non-Hermitian
+#   halves); in the self-mirrored column 0 that averages rows k and -k (pytorch issue #154496
+#   reports the same symmetrisation by cuFFT in 2-D). core.translate spells that average out.
+
+
+def old_rfft_twosided(x):
+    """torch.rfft(x, signal_ndim=2, onesided=False) of torch <= 1.7."""
+    return torch.view_as_real(torch.fft.fft2(x))
+
+
+def old_irfft_twosided(spectrum, signal_sizes):
+    """torch.irfft(spectrum, signal_ndim=2, onesided=False, signal_sizes=...): C2R on the half."""
+    height, width = signal_sizes
+    half = torch.view_as_complex(spectrum.contiguous())[..., :width // 2 + 1]
+    return torch.fft.irfft2(half, s=(height, width))
+
+
+def full_inverse_real_part(spectrum, signal_sizes):
+    """The other reading of irfft(onesided=False), shown to be NOT what the old code computed."""
+    return torch.fft.ifft2(torch.view_as_complex(spectrum.contiguous())).real
+
+
+def authors_torch_fda(src_img, trg_img, L, inverse=old_irfft_twosided, buffer=torch.float):
+    """Transcription of their extract_ampl_phase / low_freq_mutate / FDA_source_to_target.
+
+    `buffer` is the dtype of their recomposed spectrum (torch.float, i.e. float32, in their
+    code); float64 here keeps the comparison at float64 rounding.
+    """
+    fft_src = old_rfft_twosided(src_img.clone())
+    fft_trg = old_rfft_twosided(trg_img.clone())
+
+    def ampl_phase(f):
+        return torch.sqrt(f[..., 0] ** 2 + f[..., 1] ** 2), torch.atan2(f[..., 1], f[..., 0])
+
+    amp_src, pha_src = ampl_phase(fft_src.clone())
+    amp_trg, _ = ampl_phase(fft_trg.clone())
+
+    amp = amp_src.clone()
+    _, _, h, w = amp.size()
+    b = (np.floor(np.amin((h, w)) * L)).astype(int)
+    amp[:, :, 0:b, 0:b] = amp_trg[:, :, 0:b, 0:b]              # top left
+    amp[:, :, 0:b, w - b:w] = amp_trg[:, :, 0:b, w - b:w]      # top right
+    amp[:, :, h - b:h, 0:b] = amp_trg[:, :, h - b:h, 0:b]      # bottom left
+    amp[:, :, h - b:h, w - b:w] = amp_trg[:, :, h - b:h, w - b:w]  # bottom right
+
+    fft_new = torch.zeros(fft_src.size(), dtype=buffer)
+    fft_new[..., 0] = torch.cos(pha_src) * amp
+    fft_new[..., 1] = torch.sin(pha_src) * amp
+    return inverse(fft_new, list(src_img.shape[-2:]))
+
+
+CORNER_SIZES = [(32, 48), (33, 47), (31, 30), (30, 31), (128, 200), (129, 201)]
+CORNER_BETAS = (0.0, 0.01, 0.05, 0.09, 0.3, 0.5)
+
+
+@pytest.mark.parametrize("size", CORNER_SIZES)
+def test_fda_corners_matches_authors_torch_function(size):
+    src = torch.from_numpy(random_images((2, 3, *size), 20))
+    trg = torch.from_numpy(random_images((2, 3, *size), 21))
+    for beta in CORNER_BETAS:
+        out = fda_source_to_target(src, trg, beta, window="corners")
+        assert out.dtype == torch.float64 and out.shape == src.shape
+        expected = authors_torch_fda(src, trg, beta, buffer=torch.float64)
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-9)
+        b = math.floor(min(size) * beta)
+        if b > 0:  # b = 0: corners swaps nothing, centred still swaps the mean colour
+            centred = fda_source_to_target(src, trg, beta)
+            assert (out - centred).abs().mean() > 0.1
+
+
+def test_fda_corners_float32_like_their_code():
+    src = torch.from_numpy(random_images((2, 3, 64, 96), 22)).float()
+    trg = torch.from_numpy(random_images((1, 3, 64, 96), 23)).float()
+    out = fda_source_to_target(src, trg, 0.09, window="corners")
+    assert out.dtype == torch.float32
+    # their code: float32 input, float32 (torch.float) spectrum buffer; paired batches
+    expected = authors_torch_fda(src, trg.expand_as(src), 0.09)
+    torch.testing.assert_close(out, expected, rtol=0, atol=2e-3)
+    single = fda_source_to_target(src[1], trg[0], 0.09, window="corners")
+    torch.testing.assert_close(single, out[1], rtol=0, atol=1e-4)
+
+
+def test_fda_corners_the_old_irfft_reading_matters():
+    """With b > 0 the mutated spectrum is not Hermitian: ifft2().real would give another image."""
+    src = torch.from_numpy(random_images((1, 3, 40, 60), 24))
+    trg = torch.from_numpy(random_images((1, 3, 40, 60), 25))
+    ours = fda_source_to_target(src, trg, 0.1, window="corners")
+    c2r = authors_torch_fda(src, trg, 0.1, buffer=torch.float64)
+    other = authors_torch_fda(src, trg, 0.1, inverse=full_inverse_real_part, buffer=torch.float64)
+    torch.testing.assert_close(ours, c2r, rtol=0, atol=1e-9)
+    assert (ours - other).abs().max() > 1.0
+
+
+def signed(k, n):
+    return k if k <= n // 2 else k - n
+
+
+@pytest.mark.parametrize("size", [(30, 44), (31, 45)])
+def test_fda_corners_effective_window_in_the_spectrum(size):
+    """The corner FDA, read in frequencies (no inverse transform in the expectation): target
+    amplitude at column frequencies 1..b-1 with rows -b..b-1, at -(b-1)..-1 with rows
+    -(b-1)..b, at column 0 with rows -(b-1)..b-1 and the average of both amplitudes at rows
+    +-b; the source amplitude everywhere else (column -b included, although their slices
+    copy it: the C2R transform reads it from column +b)."""
+    h, w = size
+    beta = 0.1
+    b = math.floor(min(h, w) * beta)
+    assert b == 3
+    src = torch.from_numpy(random_images((1, 3, h, w), 26))
+    trg = torch.from_numpy(random_images((1, 3, h, w), 27))
+    out = fda_source_to_target(src, trg, beta, window="corners")
+    amp_src, amp_trg = torch.fft.fft2(src).abs(), torch.fft.fft2(trg).abs()
+    expected = amp_src.clone()
+    for k1 in range(h):
+        for k2 in range(w):
+            f1, f2 = signed(k1, h), signed(k2, w)
+            if (1 <= f2 <= b - 1 and -b <= f1 <= b - 1) or (
+                    -(b - 1) <= f2 <= -1 and -(b - 1) <= f1 <= b) or (
+                    f2 == 0 and abs(f1) <= b - 1):
+                expected[..., k1, k2] = amp_trg[..., k1, k2]
+            elif f2 == 0 and abs(f1) == b:
+                expected[..., k1, k2] = (amp_src[..., k1, k2] + amp_trg[..., k1, k2]) / 2
+    torch.testing.assert_close(torch.fft.fft2(out).abs(), expected, rtol=1e-9, atol=1e-6)
+    # the phase stays the source's
+    phase_diff = torch.angle(torch.fft.fft2(out) * torch.fft.fft2(src).conj())
+    assert phase_diff.abs().max() < 1e-6
+
+
+def test_fda_corner_weight_values():
+    # beta 0.5 on an even width reaches the Nyquist column through the [W-b, W) block
+    weight = fda_corner_weight(7, 6, 0.5, dtype=torch.float64)
+    assert weight.shape == (7, 4)
+    # b = 3: rows 0,1,2 and 4,5,6 (not 3); columns 0,1,2 and 3 (= W - b)
+    rows = torch.tensor([1, 1, 1, 0, 1, 1, 1], dtype=torch.float64)
+    torch.testing.assert_close(weight[:, 1], rows)
+    torch.testing.assert_close(weight[:, 2], rows)
+    # self-mirrored columns 0 and W/2: row k averaged with row -k; row 3 pairs with row 4
+    averaged = torch.tensor([1, 1, 1, 0.5, 0.5, 1, 1], dtype=torch.float64)
+    torch.testing.assert_close(weight[:, 0], averaged)
+    torch.testing.assert_close(weight[:, 3], averaged)
+    assert fda_corner_weight(40, 60, 0.01).sum() == 0  # b = 0
+
+
+def test_fda_corners_beta_below_one_pixel_is_identity():
+    src = torch.from_numpy(random_images((2, 3, 32, 48), 28))
+    trg = torch.from_numpy(random_images((2, 3, 32, 48), 29))
+    torch.testing.assert_close(fda_source_to_target(src, trg, 0.01, window="corners"), src,
+                               rtol=0, atol=1e-9)
+
+
+def test_fda_rejects_unknown_window():
+    with pytest.raises(ValueError, match="window"):
+        fda_source_to_target(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), 0.01,
+                             window="center")
+    with pytest.raises(ValueError):
+        fda_source_to_target(torch.zeros(1, 3, 16, 16), torch.zeros(1, 3, 16, 16), 0.6,
+                             window="corners")
 
 
 def rgb_pixel(r, g, b, dtype=torch.float64):
@@ -237,6 +424,12 @@ def test_fda_and_lab_on_real_frames():
     for beta in (0.01, 0.05, 0.09):
         out = fda_source_to_target(torch.from_numpy(src)[None], torch.from_numpy(trg)[None], beta)
         np.testing.assert_allclose(out[0].numpy(), fda_reference(src, trg, beta), atol=5e-3)
+        corners = fda_source_to_target(torch.from_numpy(src)[None], torch.from_numpy(trg)[None],
+                                       beta, window="corners")
+        expected = authors_torch_fda(torch.from_numpy(src)[None], torch.from_numpy(trg)[None], beta)
+        torch.testing.assert_close(corners, expected, rtol=0, atol=2e-3)
+        # the two windows give visibly different pictures (4.2 grey levels at 1024x512, 0.01)
+        assert (corners - out).abs().mean() > 0.5
     lab = lab_transfer(torch.from_numpy(src)[None], torch.from_numpy(trg)[None])
     mean_out = rgb_to_lab(lab).mean((-2, -1))
     mean_trg = rgb_to_lab(torch.from_numpy(trg)[None]).mean((-2, -1))

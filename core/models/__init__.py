@@ -25,10 +25,12 @@ MODEL_NAMES = ("bisenet", "deeplabv2", "stdc")
 BACKBONES = {"bisenet": ("resnet18", "resnet101"), "deeplabv2": ("resnet101",),
              "stdc": ("stdc1", "stdc2")}  # first: default
 DISCRIMINATOR_NAMES = tuple(DISCRIMINATORS)
-# Architecture options a run's arguments record (--arm-bn; DeepLabV2's stride placement),
-# with the value that checkpoints written before the option existed were trained with.
+# Architecture options a run's arguments record (--arm-bn; DeepLabV2's stride placement and
+# BatchNorm statistics; STDC's optimiser groups), with the value that checkpoints written
+# before the option existed were trained with.
 OPTIONS_OF_OLDER_CHECKPOINTS = {"bisenet": {"arm_bn": True},
-                                "deeplabv2": {"resnet_style": "caffe"}, "stdc": {}}
+                                "deeplabv2": {"resnet_style": "caffe", "deeplab_bn": "frozen"},
+                                "stdc": {"stdc_groups": "all"}}
 
 __all__ = [
     "BACKBONES", "DISCRIMINATOR_NAMES", "MODEL_NAMES", "PretrainedWeightsError",
@@ -51,16 +53,26 @@ def resolve_backbone(name: str, backbone: str | None) -> str:
 
 def build_model(name: str, num_classes: int = NUM_CLASSES, backbone: str | None = None,
                 pretrained: str | None = "none", *, arm_bn: bool = False,
-                resnet_style: str = "pytorch") -> nn.Module:
+                resnet_style: str = "pytorch", deeplab_bn: str = "train",
+                stdc_groups: str = "authors") -> nn.Module:
     """`name` in MODEL_NAMES, `backbone` in BACKBONES[name] (None: the first), `pretrained`
     'none' | 'imagenet' | path to a .pth or an STDC .tar (see core/models/pretrained.py).
 
     `arm_bn` (BiSeNet only): BatchNorm in the attention refinement modules, the paper's
     variant; False is the course code's (core/models/bisenet.py). `resnet_style` (DeepLabV2
     only): 'pytorch' puts a bottleneck's stride in its 3x3 conv, where torchvision's weights
-    expect it; 'caffe' in the first 1x1 conv (core/models/deeplabv2.py).
+    expect it; 'caffe' in the first 1x1 conv. `deeplab_bn` (DeepLabV2 only): 'train' uses
+    batch statistics in train mode, as the DeepLab UDA code bases do; 'frozen' always the
+    running ones (core/models/deeplabv2.py). `stdc_groups` (STDC only): the optimiser groups
+    that `param_groups` gives, 'authors' (their get_params: backbone BN affine never trained,
+    BN without weight decay) or 'all' (every parameter, all with weight decay;
+    core/models/stdc.py).
     """
     backbone = resolve_backbone(name, backbone)
+    if deeplab_bn != "train" and name != "deeplabv2":
+        raise ConfigError(f"deeplab_bn is an option of --model deeplabv2, not {name}")
+    if stdc_groups != "authors" and name != "stdc":
+        raise ConfigError(f"stdc_groups is an option of --model stdc, not {name}")
     if name == "bisenet":
         if resnet_style != "pytorch":
             raise ConfigError(f"BiSeNet's ResNet is torchvision's ('pytorch' style), not "
@@ -70,11 +82,11 @@ def build_model(name: str, num_classes: int = NUM_CLASSES, backbone: str | None 
         if arm_bn or resnet_style != "pytorch":
             raise ConfigError("--model stdc has no ResNet and always has BN in its ARMs: "
                               "arm_bn and resnet_style do not apply")
-        model = STDCSeg(num_classes, backbone)
+        model = STDCSeg(num_classes, backbone, groups=stdc_groups)
     else:
         if arm_bn:
             raise ConfigError("--arm-bn is an option of --model bisenet, not deeplabv2")
-        model = DeepLabV2(num_classes, backbone, style=resnet_style)
+        model = DeepLabV2(num_classes, backbone, style=resnet_style, bn=deeplab_bn)
     load_backbone_weights(model.backbone, backbone, pretrained)
     return model
 
@@ -101,7 +113,8 @@ def upsample(outputs, size):
 def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
     """Optimiser parameter groups of trainable parameters, each with its own 'lr' (so a poly
     LambdaLR scales them all): DeepLabV2 -> backbone at lr, classifier at 10 x lr; STDC ->
-    backbone and context path at lr, FFM and heads at 10 x lr; BiSeNet -> one group.
+    backbone and context path at lr, FFM and heads at 10 x lr, each split into weight decay
+    and none (stdc_groups 'authors'); BiSeNet -> one group.
     Accepts torch.compile / DistributedDataParallel wrappers."""
     model = getattr(model, "_orig_mod", model)
     model = getattr(model, "module", model)

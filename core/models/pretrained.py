@@ -1,17 +1,22 @@
-"""Backbone initialisation: `--pretrained none | imagenet | /path/to/file.pth`. Never downloads.
+"""Backbone initialisation: `--pretrained none | imagenet | /path/to/file.pth`.
 
 - 'imagenet': torchvision's ImageNet weights (IMAGENET1K_V1) read from the torch hub cache,
-  `torch.hub.get_dir()/checkpoints/<file name of the weights' URL>`. Absent (offline) -> a
-  PretrainedWeightsError saying which file to put where. torchvision's ResNets are v1.5 (a
-  bottleneck's stride in its 3x3 conv); DeepLabV2 puts its strides there too (its `style`).
+  `torch.hub.get_dir()/checkpoints/<file name of the weights' URL>`, where torchvision keeps
+  them. Absent -> downloaded there by torch.hub's own loader (load_state_dict_from_url with
+  check_hash: the file name's '-<hex>.pth' part is the start of its SHA-256, checked before
+  the file is kept). Offline (the download fails) -> a one-line PretrainedWeightsError saying
+  which file to put where. torchvision's ResNets are v1.5 (a bottleneck's stride in its 3x3
+  conv); DeepLabV2 puts its strides there too (its `style`).
 - a path: a torchvision ResNet state dict. Its 'fc.' classifier is skipped; every backbone key
   must be present with the right shape, and nothing else may be there.
 - STDC (`--model stdc`): the authors' ImageNet checkpoints (MichaelFan01/STDC-Seg, README),
   STDCNet813M_73.91.tar (stdc1) and STDCNet1446_76.47.tar (stdc2): torch files (not tar
-  archives) holding {"state_dict": ...} with the classifier network's keys. 'imagenet' reads
-  that file from the same hub cache folder; a path may name it anywhere. Its ImageNet tail
-  (conv_last, fc, bn, linear; STDC-Seg runs with use_conv_last off) and the x2..x32 stage
-  aliases of `features` are skipped; the same fit check applies to the `features.*` keys.
+  archives) holding {"state_dict": ...} with the classifier network's keys, published on
+  Google Drive and Baidu Yun (links in that README), which a script cannot fetch: 'imagenet'
+  reads that file from the same hub cache folder, where it must be put by hand; a path may
+  name it anywhere. Its ImageNet tail (conv_last, fc, bn, linear; STDC-Seg runs with
+  use_conv_last off) and the x2..x32 stage aliases of `features` are skipped; the same fit
+  check applies to the `features.*` keys.
 
 Refused: the Caffe-converted DeepLab initialisation file that the DeepLab-v2 UDA code bases
 distribute (keys 'Scale.conv1.weight', ..., 'Scale.layer5.*'). Those weights expect BGR input
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.error import URLError
 
 import torch
 from torch import nn
@@ -37,7 +43,8 @@ IMAGENET_WEIGHTS = {
 }
 SKIPPED_PREFIXES = ("fc.",)  # the ImageNet classifier
 STDC_FILES = {"stdc1": "STDCNet813M_73.91.tar", "stdc2": "STDCNet1446_76.47.tar"}
-STDC_SOURCE = "the STDC-Seg authors' release, linked from github.com/MichaelFan01/STDC-Seg"
+STDC_SOURCE = ("the STDC-Seg authors' Google Drive / Baidu Yun folders, linked from the README "
+               "of github.com/MichaelFan01/STDC-Seg")
 STDC_SKIPPED_PREFIXES = ("conv_last.", "fc.", "bn.", "linear.",   # the ImageNet tail
                          "x2.", "x4.", "x8.", "x16.", "x32.")     # aliases of features.*
 CAFFE_DEEPLAB_PREFIXES = ("Scale.", "layer5.")  # the DeepLab init file's keys (refused)
@@ -58,12 +65,13 @@ def load_backbone_weights(module: nn.Module, backbone: str, pretrained: str | No
         return None
     if pretrained == "imagenet":
         path = imagenet_weights_file(backbone)
-        if not path.is_file():
-            source = STDC_SOURCE if backbone in STDC_FILES else IMAGENET_WEIGHTS[backbone].url
+        if not path.is_file() and backbone in STDC_FILES:
             raise PretrainedWeightsError(
                 f"--pretrained imagenet: {backbone} weights are not in the torch hub cache and "
-                f"nothing is downloaded. Put {path.name} (from {source}) "
-                f"at {path}, or pass --pretrained /path/to/weights.pth")
+                f"cannot be downloaded by a script. Put {path.name} (from {STDC_SOURCE}) "
+                f"at {path}, or pass --pretrained /path/to/{path.name}")
+        if not path.is_file():
+            download_imagenet_weights(backbone, path)
     else:
         path = Path(pretrained)
         if not path.is_file():
@@ -81,6 +89,29 @@ def load_backbone_weights(module: nn.Module, backbone: str, pretrained: str | No
     _check_fits(module, state, path, backbone)
     module.load_state_dict(state, strict=False)  # strictness checked above, with a clear message
     return path
+
+
+def download_imagenet_weights(backbone: str, path: Path) -> None:
+    """Fetch torchvision's ImageNet weights of `backbone` into the hub cache file `path` with
+    torch.hub's loader (progress bar, SHA-256 prefix check; a failed or corrupt download
+    leaves no file behind). Offline: a one-line PretrainedWeightsError."""
+    url = IMAGENET_WEIGHTS[backbone].url
+    try:
+        torch.hub.load_state_dict_from_url(url, model_dir=str(path.parent), map_location="cpu",
+                                           progress=True, check_hash=True, weights_only=True)
+    except (URLError, OSError) as e:   # URLError is an OSError; both: no file came
+        reason = " ".join(str(getattr(e, "reason", e)).split())
+        raise PretrainedWeightsError(
+            f"--pretrained imagenet: {backbone} weights are not in the torch hub cache and "
+            f"could not be downloaded from {url} ({reason}). Put {path.name} at {path}, or "
+            "pass --pretrained /path/to/weights.pth") from None
+    except RuntimeError as e:
+        if "invalid hash value" not in str(e):
+            raise
+        raise PretrainedWeightsError(
+            f"--pretrained imagenet: the file downloaded from {url} does not match the SHA-256 "
+            f"prefix in its name (a corrupt or altered download; nothing was kept). Try again, "
+            f"or put a good copy of {path.name} at {path}") from None
 
 
 def backbone_state_dict(state: dict, backbone: str = "resnet18") -> dict:

@@ -27,6 +27,17 @@ Parameters for 19 classes. Taking part in inference (backbone, context path, FFM
 Training-only heads add 2 x 75,072 (aux) + 147,648 (detail) = 297,792, so the module holds
 8,572,896 (STDC1) and 12,603,360 (STDC2) parameters in all; checkpoints hold them all.
 
+Optimiser groups (`groups`, see `STDCSeg.param_groups`): 'authors' (the default) gives the
+optimiser what the authors' get_params gives it (models/model_stages.py, optimizer_loss.py):
+conv weights with weight decay, the BatchNorm parameters of the context path, FFM and heads
+without, FFM and heads at 10x the learning rate; the backbone's BatchNorm affine parameters
+(plain nn.BatchNorm2d in their nets/stdcnet.py, which their get_params does not pick up,
+unlike the InPlaceABNSync layers of model_stages.py) are never trained: they keep their
+ImageNet values (58 tensors for STDC1, 106 for STDC2; their class also builds an ImageNet
+tail not built here, whose 4 BatchNorm tensors it leaves out too). Here those tensors have
+requires_grad False, which gives the same updates. 'all' (the project's grouping before the
+option existed): every parameter trained, all with weight decay, the same 1x / 10x split.
+
 Train mode returns `TrainOutputs` (see below); eval mode the main logits; both at input size,
 or at the heads' own scale with `upsample=False` (main and aux8 at 1/8, aux16 at 1/16; resize
 them with core.models.upsample). One difference from the authors' code: segmentation logits
@@ -49,6 +60,7 @@ from torch import nn
 STAGE_DEPTHS = {"stdc1": (2, 2, 2), "stdc2": (4, 5, 3)}
 BASE = 64
 BLOCKS = 4  # conv blocks per STDC module
+GROUPINGS = ("authors", "all")  # optimiser groups: their get_params / every parameter
 
 
 class TrainOutputs(tuple):
@@ -205,8 +217,11 @@ class STDCSeg(nn.Module):
 
     CONTEXT = 128   # context-path width
 
-    def __init__(self, num_classes: int = 19, backbone: str = "stdc1"):
+    def __init__(self, num_classes: int = 19, backbone: str = "stdc1", groups: str = "authors"):
         super().__init__()
+        if groups not in GROUPINGS:
+            raise ValueError(f"STDC optimiser groups {groups!r}: expected one of {GROUPINGS}")
+        self.groups = groups
         self.backbone = STDCNet(backbone)
         c8, c16, c32 = self.backbone.channels
         self.arm16 = AttentionRefinementModule(c16, self.CONTEXT)
@@ -223,6 +238,11 @@ class STDCSeg(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, nn.Conv2d) and not name.startswith("backbone"):
                 nn.init.kaiming_normal_(m.weight, a=1)
+        if groups == "authors":   # the backbone's BN affine parameters are never trained
+            for m in self.backbone.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.weight.requires_grad_(False)
+                    m.bias.requires_grad_(False)
 
     def forward(self, x: torch.Tensor, upsample: bool = True):
         f8, f16, f32 = self.backbone(x)
@@ -248,14 +268,41 @@ class STDCSeg(nn.Module):
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
         """Backbone and context path at `lr`; FFM and all heads at 10 x `lr`, as the authors'
-        optimizer does (lr_mul for FeatureFusionModule and BiSeNetOutput). Weight decay
-        applies to every parameter, as for the project's other models (the authors exempt
-        BatchNorm and biases)."""
+        optimizer does (lr_mul for the FeatureFusionModule and BiSeNetOutput children of their
+        BiSeNet; the detail head is a BiSeNetOutput too).
+
+        'authors' (MichaelFan01/STDC-Seg, models/model_stages.py get_params and
+        optimizer_loss.py): in each part, conv weights with `weight_decay`; the BatchNorm
+        parameters of the context path, FFM and heads (InPlaceABNSync there) with weight
+        decay 0; the backbone's BatchNorm (plain nn.BatchNorm2d there) in no group. Their
+        convs have no biases (a bias would go without decay). Four groups.
+        'all': every parameter with `weight_decay`, in two groups (1x, 10x).
+        """
+        slow = [self.arm16, self.arm32, self.global_context, self.head32, self.head16]
         fast = [self.ffm, self.classifier, self.aux8, self.aux16, self.detail]
-        fast_ids = {id(p) for m in fast for p in m.parameters()}
-        return [
-            {"params": [p for p in self.parameters() if id(p) not in fast_ids], "lr": lr,
-             "weight_decay": weight_decay, "name": "backbone+context"},
-            {"params": [p for m in fast for p in m.parameters()], "lr": 10 * lr,
-             "weight_decay": weight_decay, "name": "ffm+heads"},
-        ]
+        if self.groups == "all":
+            fast_ids = {id(p) for m in fast for p in m.parameters()}
+            return [
+                {"params": [p for p in self.parameters() if id(p) not in fast_ids], "lr": lr,
+                 "weight_decay": weight_decay, "name": "backbone+context"},
+                {"params": [p for m in fast for p in m.parameters()], "lr": 10 * lr,
+                 "weight_decay": weight_decay, "name": "ffm+heads"},
+            ]
+        # the backbone contributes its conv weights only
+        backbone_convs = [m.weight for m in self.backbone.modules() if isinstance(m, nn.Conv2d)]
+        groups = []
+        for name, modules, scale, decay in (("backbone+context", slow, 1, backbone_convs),
+                                            ("ffm+heads", fast, 10, [])):
+            no_decay = []
+            for module in modules:
+                for m in module.modules():
+                    if isinstance(m, nn.Conv2d | nn.Linear):
+                        decay.append(m.weight)
+                        no_decay += [] if m.bias is None else [m.bias]
+                    elif isinstance(m, nn.BatchNorm2d):
+                        no_decay += [m.weight, m.bias]
+            groups += [{"params": decay, "lr": scale * lr, "weight_decay": weight_decay,
+                        "name": name},
+                       {"params": no_decay, "lr": scale * lr, "weight_decay": 0.0,
+                        "name": f"{name} (BN, no decay)"}]
+        return groups

@@ -144,7 +144,7 @@ def _claim_folder(top):
         raise ConfigError(f"--prepared {top} is a file, not a folder")
     top.mkdir(parents=True, exist_ok=True)
     if not (top / MARKER).is_file():
-        _write_json(top / MARKER, {"format_version": FORMAT_VERSION, "made_by": "core/prepared.py",
+        _write_json(top / MARKER, {"format_version": FORMAT_VERSION, "made_by": "core/prepared/",
                                    "note": "copies of datasets at their working sizes; safe "
                                            "to delete (they are made again on demand)"})
     return top
@@ -314,41 +314,3 @@ def _write_json(path, obj):
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(obj, indent=1) + "\n")
     os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------- command line
-
-def parse_args(argv=None):
-    from core import cli
-    parser = cli.new_parser(__doc__)
-    cli.add_data_args(parser, target=True)
-    parser.add_argument("--format", choices=FORMATS, default=None,
-                        help="for a new copy: png (default, compact) or npy (fastest, 2.5x "
-                             "the disk)")
-    args = parser.parse_args(argv)
-    if not args.prepared:
-        parser.error("--prepared DIR is required: the folder of the prepared copies")
-    if not (args.source_root or args.target_root):
-        parser.error("give --source-root and/or --target-root: the datasets to prepare")
-    args.source_size = tuple(args.source_size or cli.DATASET_SIZES[args.source])
-    args.target_size = tuple(args.target_size or cli.DATASET_SIZES["cityscapes"])
-    return args
-
-
-def main(args):
-    """Prepare the training sets a run with the same data flags reads."""
-    from core import cli
-    folder, args.prepared, args.pseudo = args.prepared, None, None   # raw sets, prepared here
-    datasets = []
-    if args.source_root:
-        datasets.append(cli.source_dataset(args))
-    if args.target_root:
-        datasets.append(cli.target_dataset(args))
-    for dataset in datasets:
-        use_prepared(dataset, folder, args.workers, args.format)
-        print(f"ready: {dataset.prepared.folder} ({len(dataset)} items)", flush=True)
-
-
-if __name__ == "__main__":
-    from core import cli, prepared  # the module proper: workers unpickle its classes by name
-    cli.entry(prepared.main, prepared.parse_args)

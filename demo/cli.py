@@ -1,4 +1,4 @@
-"""`python -m core.demo [--root DIR] [--seed N] [--force]`: make the demo pair, show its classes."""
+"""`python -m demo [--root DIR] [--seed N] [--force]`: make the demo pair, show its classes."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from core.demo.write import (
+from demo.write import (
     DEMO_ROOT,
     DemoPaths,
     DemoRootError,
@@ -17,8 +17,8 @@ from core.demo.write import (
 
 
 def main(argv=None):
-    description = sys.modules["core.demo"].__doc__.split("\n\n")[0]
-    parser = argparse.ArgumentParser(prog="python -m core.demo", description=description)
+    description = sys.modules["demo"].__doc__.split("\n\n")[0]
+    parser = argparse.ArgumentParser(prog="python -m demo", description=description)
     parser.add_argument("--root", type=Path, default=DEMO_ROOT)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--force", action="store_true", help="regenerate even if up to date")

@@ -12,10 +12,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from core.demo.draw import draw_scene
-from core.demo.palette import CAR_PAINT
-from core.demo.scene import SOURCE_PRIOR, TARGET_PRIOR, sample_scene
-from core.demo.style import SOURCE_STYLE, TARGET_STYLE, render_style
 from core.labels import (
     CLASS_NAMES,
     IGNORE_INDEX,
@@ -25,11 +21,15 @@ from core.labels import (
     VOID_COLORS,
     ids_to_trainids,
 )
+from demo.draw import draw_scene
+from demo.palette import CAR_PAINT
+from demo.scene import SOURCE_PRIOR, TARGET_PRIOR, sample_scene
+from demo.style import SOURCE_STYLE, TARGET_STYLE, render_style
 
 FORMAT_VERSION = 1  # bump whenever the generated pictures change, so ensure_demo regenerates
 # <repo>/data/demo; SEGDA_DEMO_ROOT moves it (the tests put it in a temporary folder).
 DEMO_ROOT = Path(os.environ.get("SEGDA_DEMO_ROOT")
-                 or Path(__file__).resolve().parents[2] / "data" / "demo")
+                 or Path(__file__).resolve().parents[1] / "data" / "demo")
 
 SOURCE_SIZE = (288, 512)  # H x W: GTA-like 16:9
 TARGET_SIZE = (256, 512)  # Cityscapes 2:1

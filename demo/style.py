@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from core.demo.canvas import value_noise
-from core.demo.palette import (
+from demo.canvas import value_noise
+from demo.palette import (
     BUILDING,
     BUS,
     CAR,

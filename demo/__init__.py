@@ -1,7 +1,7 @@
 """Synthetic demo domain pair: procedural street scenes in a GTA5-like and a Cityscapes-like style.
 
-    python -m core.demo                     # make data/demo (once) and print what it holds
-    python -m core.demo --root /tmp/demo --seed 3 --force
+    python -m demo                          # make data/demo (once) and print what it holds
+    python -m demo --root /tmp/demo --seed 3 --force
 
 Why it exists: a new user should see the whole story of the project in minutes on a CPU: a
 network trained on the source loses on the target, and the adaptation methods win some of it
@@ -32,12 +32,12 @@ Each frame's RNG is `np.random.default_rng([seed, stream, index])` with stream 0
 Modules: `palette` (label ids, base colours), `scene` (priors, layout sampling), `canvas`
 (canvas, shape primitives, noise), `draw` (background and bonnet) and `things` (objects),
 `style` (the two domain styles), `write` (frames, the tree on disk, inspection), `cli`
-(`python -m core.demo`).
+(`python -m demo`).
 """
-from core.demo.canvas import Canvas, value_noise
-from core.demo.cli import main
-from core.demo.draw import draw_scene
-from core.demo.scene import (
+from demo.canvas import Canvas, value_noise
+from demo.cli import main
+from demo.draw import draw_scene
+from demo.scene import (
     SOURCE_PRIOR,
     TARGET_PRIOR,
     Scene,
@@ -48,9 +48,9 @@ from core.demo.scene import (
     sample_side,
     sample_things,
 )
-from core.demo.style import SOURCE_STYLE, TARGET_STYLE, Style, render_style, soft_focus
-from core.demo.things import DRAWERS
-from core.demo.write import (
+from demo.style import SOURCE_STYLE, TARGET_STYLE, Style, render_style, soft_focus
+from demo.things import DRAWERS
+from demo.write import (
     DEMO_ROOT,
     FORMAT_VERSION,
     SOURCE_SIZE,

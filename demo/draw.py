@@ -1,13 +1,13 @@
 """Drawing a sampled scene: sky, ground, facades, then objects far to near, then the bonnet.
 
-The objects themselves (cars, people, poles, ...) are drawn by `core.demo.things`.
+The objects themselves (cars, people, poles, ...) are drawn by `demo.things`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from core.demo.canvas import Canvas, rect, value_noise
-from core.demo.palette import (
+from demo.canvas import Canvas, rect, value_noise
+from demo.palette import (
     ASPHALT,
     BARE_GROUND,
     BUILDING,
@@ -37,7 +37,7 @@ from core.demo.palette import (
     pick,
     rgb,
 )
-from core.demo.things import DRAWERS
+from demo.things import DRAWERS
 
 
 def draw_sky(cv, sc, rng):

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.demo.canvas import ellipse, polygon, rect, ring, segment
-from core.demo.palette import (
+from demo.canvas import ellipse, polygon, rect, ring, segment
+from demo.palette import (
     BARK,
     BICYCLE,
     BUS,

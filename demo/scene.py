@@ -1,6 +1,6 @@
 """Scene layout: the per-domain priors and everything a frame shows, sampled before drawing.
 
-Positions are world units (X lateral, z depth; one unit is about 1.5 m), see `core.demo`.
+Positions are world units (X lateral, z depth; one unit is about 1.5 m), see `demo`.
 """
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from core.demo.palette import (
+from demo.palette import (
     BIKE_PAINT,
     BUS_PAINT,
     CAR_PAINT,

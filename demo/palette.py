@@ -1,7 +1,7 @@
 """What the demo world is made of: Cityscapes label ids and per-class base colours.
 
-Both domains share all of it; the domain gap lives in `core.demo.style` (appearance) and in the
-scene priors of `core.demo.scene` (label distribution), never here.
+Both domains share all of it; the domain gap lives in `demo.style` (appearance) and in the
+scene priors of `demo.scene` (label distribution), never here.
 """
 from __future__ import annotations
 
