@@ -30,10 +30,16 @@ from torch.utils.data import DataLoader
 from core import cli
 from core.datasets import GTA5, Cityscapes
 from core.errors import ConfigError, DataError
-from core.evaluation import ensemble_paths, evaluate, inference_autocast, load_model, predict_probs
+from core.evaluation import (
+    ensemble_paths,
+    evaluate,
+    inference_autocast,
+    load_model,
+    predict_probs,
+    select_device,
+)
 from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
 from core.metrics import format_table
-from core.runtime import select_device
 
 
 def main(args):

@@ -25,9 +25,8 @@ from torch import nn
 
 from core import cli
 from core.errors import ConfigError
-from core.evaluation import load_model
+from core.evaluation import load_model, select_device
 from core.labels import CLASS_NAMES
-from core.runtime import select_device
 from core.transforms import normalize
 
 EXTRAS = "pip install -r requirements-extras.txt"

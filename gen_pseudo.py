@@ -26,10 +26,15 @@ from torch.utils.data import DataLoader
 from core import cli
 from core.datasets import Cityscapes
 from core.errors import ConfigError
-from core.evaluation import ensemble_paths, inference_autocast, load_model, predict_probs
+from core.evaluation import (
+    ensemble_paths,
+    inference_autocast,
+    load_model,
+    predict_probs,
+    select_device,
+)
 from core.labels import CLASS_NAMES, save_label_png
 from core.pseudo import ProbHistogram, apply_thresholds
-from core.runtime import select_device
 
 
 def predictions(models, sizes, loader, device, out_size, autocast):

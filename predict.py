@@ -38,9 +38,14 @@ from tqdm import tqdm
 from core import cli
 from core.decoding import image_tensor, open_image
 from core.errors import ConfigError, MissingDataError
-from core.evaluation import ensemble_paths, inference_autocast, load_model, predict_classes
+from core.evaluation import (
+    ensemble_paths,
+    inference_autocast,
+    load_model,
+    predict_classes,
+    select_device,
+)
 from core.labels import TRAIN_LABEL_IDS, colorize, save_label_png
-from core.runtime import select_device
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = {"color": "_pred_color.png", "overlay": "_pred_overlay.png",

@@ -23,6 +23,7 @@ import torch
 
 from core import cli
 from core.errors import ConfigError
+from core.evaluation import select_device
 from core.labels import NUM_CLASSES
 from core.models import (
     BACKBONES,
@@ -33,7 +34,6 @@ from core.models import (
     resolve_backbone,
 )
 from core.profiling import count_macs, count_parameters, measure_latency
-from core.runtime import select_device
 
 # --model all: the networks compared in docs/benchmarks.md, as (label, model, backbone).
 ALL = (

@@ -22,7 +22,7 @@ Each iteration (AdaptSegNet sec. 3.2-3.3, Eq. 3-5):
 """
 import torch
 
-from core import cli
+from core import build, cli
 from core.checkpoint import unwrap
 from core.evaluation import validate
 from core.labels import NUM_CLASSES
@@ -30,7 +30,6 @@ from core.losses import bce_domain_loss, build_criterion, seg_loss_sum
 from core.models import build_discriminator
 from core.profiling import count_macs, count_parameters
 from core.runtime import Run
-from core.schedule import poly_scheduler
 from core.transforms import normalize
 
 SCRIPT = "train_adv"
@@ -89,20 +88,20 @@ def main(args):
 
     ## data: labelled source, unlabelled target (with --pseudo labels for self-training),
     ## each an endless stream shuffled apart from the other; Cityscapes val
-    source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
+    source_set, target_set = build.source_dataset(args), build.target_dataset(args)
     source_stream, target_stream = run.stream(source_set, "source"), run.stream(target_set,
                                                                                  "target")
-    val_loader = run.val_loader(cli.val_dataset(args))
+    val_loader = run.val_loader(build.val_dataset(args))
     run.check_data(source_set, val_loader.dataset)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
 
     ## segmenter and discriminator, each with its optimiser and poly schedule
-    model = run.place(cli.build_segmenter(args))
+    model = run.place(build.segmenter(args))
     disc = run.place(build_discriminator(args.disc))
-    optimizer = cli.build_optimizer(args, model)
+    optimizer = build.optimizer(args, model)
     optimizer_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
-    scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
-    scheduler_d = poly_scheduler(optimizer_d, cli.poly_horizon(args, iters_per_epoch))
+    scheduler = build.scheduler(args, optimizer, iters_per_epoch)
+    scheduler_d = build.scheduler(args, optimizer_d, iters_per_epoch)
     criterion = build_criterion(args, source_set)
     start, stop = run.begin({"model": model, "disc": disc, "optimizer": optimizer,
                              "optimizer_d": optimizer_d, "scheduler": scheduler,

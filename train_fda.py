@@ -21,12 +21,11 @@ Loss (FDA paper, Eq. 5 and 7):
     L = CE(S(x_{s->t}), y_s) + ent_weight * L_ent(S(x_t)) [+ CE(S(x_t), pseudo y_t)]
 with L_ent the Charbonnier-penalised normalised entropy, eta = 2, weight 0.005.
 """
-from core import cli
+from core import build, cli
 from core.evaluation import validate
 from core.losses import build_criterion, charbonnier_entropy, seg_loss_sum
 from core.models import upsample
 from core.runtime import Run
-from core.schedule import poly_scheduler
 from core.transforms import normalize, resize_images
 from core.translate import FDA_WINDOWS, fda_source_to_target, lab_transfer
 
@@ -73,17 +72,17 @@ def main(args):
 
     ## data: labelled source, unlabelled target (with --pseudo labels for self-training),
     ## each an endless stream shuffled apart from the other; Cityscapes val
-    source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
+    source_set, target_set = build.source_dataset(args), build.target_dataset(args)
     source_stream, target_stream = run.stream(source_set, "source"), run.stream(target_set,
                                                                                  "target")
-    val_loader = run.val_loader(cli.val_dataset(args))
+    val_loader = run.val_loader(build.val_dataset(args))
     run.check_data(source_set, val_loader.dataset)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
 
     ## model, optimiser, poly schedule, loss
-    model = run.place(cli.build_segmenter(args))
-    optimizer = cli.build_optimizer(args, model)
-    scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
+    model = run.place(build.segmenter(args))
+    optimizer = build.optimizer(args, model)
+    scheduler = build.scheduler(args, optimizer, iters_per_epoch)
     criterion = build_criterion(args, source_set)
     start, stop = run.begin({"model": model, "optimizer": optimizer, "scheduler": scheduler,
                              "source_stream": source_stream, "target_stream": target_stream},

@@ -25,7 +25,7 @@ port use after minus before, our default.
 
 import torch
 
-from core import cli
+from core import build, cli
 from core.checkpoint import load_checkpoint, load_weights, unwrap
 from core.errors import ConfigError, SegDAError
 from core.evaluation import validate
@@ -35,7 +35,6 @@ from core.models import build_model, model_options
 from core.pseudo import ProbHistogram, apply_thresholds, read_thresholds
 from core.runtime import Run
 from core.sampling import sample_seed
-from core.schedule import poly_scheduler
 from core.transforms import build_transforms, normalize
 
 SCRIPT = "train_mpl"
@@ -110,11 +109,11 @@ def main(args):
     run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds
 
     ## data: source (the student's batches; B_fb), target, each shuffled apart; Cityscapes val
-    source_set, target_set = cli.source_dataset(args), cli.target_dataset(args)
+    source_set, target_set = build.source_dataset(args), build.target_dataset(args)
     source_stream, fb_stream = run.stream(source_set, "source"), run.stream(source_set,
                                                                              "feedback")
     target_stream = run.stream(target_set, "target")
-    val_loader = run.val_loader(cli.val_dataset(args))
+    val_loader = run.val_loader(build.val_dataset(args))
     run.check_data(source_set, val_loader.dataset)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
     thresholds = args.class_thresholds and torch.tensor(args.class_thresholds, device=run.device)
@@ -129,11 +128,11 @@ def main(args):
         if args.student:
             load_weights(student, load_checkpoint(args.student)["model"], args.student)
     teacher, student = run.place(teacher), run.place(student)
-    optimizer = cli.build_optimizer(args, student)
-    optimizer_t = cli.build_optimizer(args, teacher, lr=args.lr_teacher,
+    optimizer = build.optimizer(args, student)
+    optimizer_t = build.optimizer(args, teacher, lr=args.lr_teacher,
                                       weight_decay=args.weight_decay_teacher)
-    scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
-    scheduler_t = poly_scheduler(optimizer_t, cli.poly_horizon(args, iters_per_epoch))
+    scheduler = build.scheduler(args, optimizer, iters_per_epoch)
+    scheduler_t = build.scheduler(args, optimizer_t, iters_per_epoch)
     criterion = build_criterion(args, source_set)
     start, stop = run.begin({"model": student, "teacher": teacher, "optimizer": optimizer,
                              "optimizer_t": optimizer_t, "scheduler": scheduler,
@@ -204,7 +203,7 @@ def read_run_inputs(args):
 def parse_args(argv=None):
     parser = cli.new_parser(__doc__)
     cli.add_data_args(parser, target=True)
-    parser.set_defaults(pseudo=None)   # for cli.target_dataset: the teacher labels the target
+    parser.set_defaults(pseudo=None)   # for build.target_dataset: the teacher labels the target
     cli.add_model_args(parser)
     cli.add_optim_args(parser)
     g = parser.add_argument_group("meta pseudo labels")

@@ -16,11 +16,10 @@ one labelled dataset and validate on Cityscapes val after every epoch.
     # continue a killed run exactly where it stopped
     python train_source.py --resume runs/gta/last.pth
 """
-from core import cli
+from core import build, cli
 from core.evaluation import validate
 from core.losses import build_criterion, seg_loss_sum
 from core.runtime import Run
-from core.schedule import poly_scheduler
 from core.transforms import normalize
 
 SCRIPT = "train_source"
@@ -30,16 +29,16 @@ def main(args):
     run = Run(args, SCRIPT)     # device, AMP, torchrun process group, seeds
 
     ## data: one labelled set (GTA5, or Cityscapes for the upper bound), Cityscapes val
-    source_set = cli.source_dataset(args)
+    source_set = build.source_dataset(args)
     source_stream = run.stream(source_set, "source")
-    val_loader = run.val_loader(cli.val_dataset(args))
+    val_loader = run.val_loader(build.val_dataset(args))
     run.check_data(source_set, val_loader.dataset)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
 
     ## model, optimiser, poly schedule, loss
-    model = run.place(cli.build_segmenter(args))
-    optimizer = cli.build_optimizer(args, model)
-    scheduler = poly_scheduler(optimizer, cli.poly_horizon(args, iters_per_epoch))
+    model = run.place(build.segmenter(args))
+    optimizer = build.optimizer(args, model)
+    scheduler = build.scheduler(args, optimizer, iters_per_epoch)
     criterion = build_criterion(args, source_set)
     start, stop = run.begin({"model": model, "optimizer": optimizer, "scheduler": scheduler,
                              "source_stream": source_stream}, iters_per_epoch)

@@ -87,6 +87,12 @@ def load_weights(module, state_dict, path, what="model"):
 
 # --------------------------------------------------------------------------- RNG states
 
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def rng_state():
     """Every RNG a training run draws from, as tensors and plain types (weights_only-safe)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()

@@ -1,4 +1,4 @@
-"""Command-line flags shared by the scripts, their defaults, and what they build.
+"""Command-line flags shared by the scripts and their defaults (core.build: what they build).
 
 Defaults, in one place: `MODEL_DEFAULTS` (per network, from the papers) and `DEMO_SETTINGS`
 (the built-in demo pair). A flag given on the command line always wins; then --demo's
@@ -14,22 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
-from core.checkpoint import load_checkpoint, unwrap
-from core.datasets import GTA5, Cityscapes, PseudoLabelDataset
+from core.checkpoint import load_checkpoint
 from core.errors import ConfigError, SegDAError
-from core.labels import NUM_CLASSES
-from core.models import (
-    BACKBONES,
-    MODEL_NAMES,
-    build_model,
-    model_options,
-    param_groups,
-    resolve_backbone,
-)
-from core.prepared import use_prepared
-from core.transforms import build_transforms
+from core.models import BACKBONES, MODEL_NAMES, model_options, resolve_backbone
 from demo import DEMO_ROOT, DemoPaths
 
 # Per-model optimisation defaults.
@@ -111,9 +98,6 @@ def non_negative_float(text):
 
 def probability(text):
     return _number(text, float, 0.0, 1.0, False, "a number in [0, 1]")
-
-
-NUMERIC_TYPES = (positive_int, non_negative_int, positive_float, non_negative_float, probability)
 
 
 def warn_zero_learning_rates(args):
@@ -247,6 +231,28 @@ def add_run_args(p, default_out):
                    help="use the built-in synthetic GTA5/Cityscapes-style pair (data/demo)")
 
 
+def add_inference_args(parser, batch_size=1, workers=2, size_help=None):
+    """The flags evaluate.py, gen_pseudo.py and predict.py share: the ensemble (the positional
+    checkpoint plus --ensemble's, one mean softmax), the size images are fed at, batching,
+    loading, --amp and --device. Each script passes its own defaults; returns the group."""
+    g = parser.add_argument_group("inference")
+    g.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
+                   help="more checkpoints: one ensemble with the first, averaging their "
+                        "softmax (FDA's multi-band ensemble); default: none")
+    g.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
+                   help=size_help or "working size the images are fed at (default: the "
+                                     "size stored in each checkpoint)")
+    g.add_argument("--batch-size", type=positive_int, default=batch_size,
+                   help=f"images per forward pass (default {batch_size})")
+    g.add_argument("--workers", type=non_negative_int, default=workers,
+                   help=f"image-loading processes, 0 = the main process (default {workers})")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision on CUDA, bf16 else fp16 (default off; no effect on "
+                        "CPU)")
+    add_device_arg(g)
+    return g
+
+
 # --------------------------------------------------------------------------- parsing
 
 def parse(parser, argv=None, script=None):
@@ -370,64 +376,6 @@ def resolve_defaults(args, parser):
     return args
 
 
-# --------------------------------------------------------------------------- what flags build
-
-def source_dataset(args):
-    """The labelled training set, resized to --source-size, with --aug applied."""
-    transform = build_transforms(args.aug, p=args.aug_p, crop=args.crop)
-    if args.source == "gta5":
-        dataset = GTA5(args.source_root, split=args.source_split, size=args.source_size,
-                       transform=transform)
-    else:
-        dataset = Cityscapes(args.source_root, split=args.source_split or "train",
-                             size=args.source_size, transform=transform)
-    return _maybe_prepared(dataset, args)
-
-
-def target_dataset(args):
-    """Unlabelled Cityscapes training images, paired with --pseudo labels when given."""
-    images = _maybe_prepared(Cityscapes(args.target_root, split=args.target_split,
-                                        size=args.target_size, labelled=False), args)
-    return PseudoLabelDataset(images, args.pseudo) if args.pseudo else images
-
-
-def _maybe_prepared(dataset, args):
-    """With --prepared DIR, the dataset reads its prepared copy (the same items, made once)."""
-    if getattr(args, "prepared", None):
-        use_prepared(dataset, args.prepared, workers=args.workers)
-    return dataset
-
-
-def val_dataset(args):
-    """Cityscapes validation at native resolution: evaluation resizes images on the device
-    to the working size and upsamples the logits to the full label size."""
-    return Cityscapes(args.val_root, split=args.val_split, size=None)
-
-
-def poly_horizon(args, iters_per_epoch):
-    """Iterations over which the poly schedule decays: --poly-iters, else the whole run."""
-    return args.poly_iters or args.epochs * iters_per_epoch
-
-
-def build_segmenter(args):
-    """The segmentation network that --model, --backbone, --pretrained (and the architecture
-    options a run records) describe."""
-    return build_model(args.model, NUM_CLASSES, args.backbone, args.pretrained,
-                       **model_options(args))
-
-
-def build_optimizer(args, model, lr=None, weight_decay=None):
-    """--optimizer over the network's parameter groups (core.models.param_groups), at --lr and
-    --weight-decay unless other values are given (MPL's teacher)."""
-    lr = args.lr if lr is None else lr
-    weight_decay = args.weight_decay if weight_decay is None else weight_decay
-    groups = param_groups(unwrap(model), lr, weight_decay)
-    if args.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=args.momentum, weight_decay=weight_decay)
-    return torch.optim.Adam(groups, lr=lr, betas=tuple(args.adam_betas),
-                            weight_decay=weight_decay)
-
-
 # --------------------------------------------------------------------------- running
 
 def one_line(error):
@@ -448,28 +396,3 @@ def entry(main, parse_args):
         main(args)
     except SegDAError as e:
         sys.exit(f"error: {one_line(e)}")
-
-
-# ---- inference scripts ------------------------------------------------------------------
-# evaluate.py, gen_pseudo.py and predict.py: one flag group, with each script's defaults.
-
-def add_inference_args(parser, batch_size=1, workers=2, size_help=None):
-    """The flags the inference scripts share: the ensemble (the positional checkpoint plus
-    --ensemble's, one mean softmax), the size images are fed at, batching, loading, --amp and
-    --device. Each script passes its own defaults; returns the argument group."""
-    g = parser.add_argument_group("inference")
-    g.add_argument("--ensemble", nargs="+", default=[], metavar="CKPT",
-                   help="more checkpoints: one ensemble with the first, averaging their "
-                        "softmax (FDA's multi-band ensemble); default: none")
-    g.add_argument("--size", type=positive_int, nargs=2, metavar=("H", "W"),
-                   help=size_help or "working size the images are fed at (default: the "
-                                     "size stored in each checkpoint)")
-    g.add_argument("--batch-size", type=positive_int, default=batch_size,
-                   help=f"images per forward pass (default {batch_size})")
-    g.add_argument("--workers", type=non_negative_int, default=workers,
-                   help=f"image-loading processes, 0 = the main process (default {workers})")
-    g.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA, bf16 else fp16 (default off; no effect on "
-                        "CPU)")
-    add_device_arg(g)
-    return g

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from core.checkpoint import load_checkpoint, load_weights, unwrap
-from core.errors import CheckpointError, DataError
+from core.errors import CheckpointError, ConfigError, DataError
 from core.labels import NUM_CLASSES
 from core.metrics import ConfusionMatrix
 from core.models import build_model, model_options
@@ -41,6 +41,19 @@ def predict_classes(models, sizes, images, out_size):
     if len(models) == 1:
         return predict_logits(models[0], images, sizes[0], out_size).argmax(1)
     return predict_probs(models, sizes, images, out_size).argmax(1)
+
+
+def select_device(name, index=0):
+    """--device auto | cpu | cuda (the GPU `index`, i.e. LOCAL_RANK under torchrun)."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is visible to PyTorch")
+        return torch.device("cuda", index)
+    if name != "cpu":
+        raise ConfigError(f"--device {name}: expected auto, cpu or cuda")
+    return torch.device("cpu")
 
 
 def ensemble_paths(first, others=()):

@@ -8,6 +8,7 @@ to a TensorBoard event file in the run folder.
 """
 import json
 import math
+import subprocess
 import time
 from pathlib import Path
 
@@ -56,6 +57,15 @@ def _plain(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def git_commit():
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 class RunLog:

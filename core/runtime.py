@@ -24,12 +24,9 @@ import contextlib
 import math
 import os
 import platform
-import random
-import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
@@ -42,12 +39,14 @@ from core.checkpoint import (
     remove_orphaned_temp_files,
     rng_state,
     save_checkpoint,
+    seed_everything,
     set_rng_state,
     unwrap,
 )
 from core.errors import CheckpointError, ConfigError, NonFiniteLossError, RunFolderError
-from core.logs import LossMeter, RunLog, Timer, print_epoch
-from core.sampling import LOAD_SECONDS, Stream, TimedItems, make_loader
+from core.evaluation import select_device
+from core.logs import LossMeter, RunLog, Timer, git_commit, print_epoch
+from core.sampling import LoadTimer, Stream, make_loader
 
 # An epoch whose mean loss passes this has diverged (cross-entropy over 19 classes starts
 # near ln 19 = 2.9): it is never saved as best.pth, and the run stops.
@@ -55,34 +54,6 @@ DIVERGED_LOSS = 1e3
 # --time-limit keeps in reserve a few of the slowest steps seen, plus a save.
 SLOWEST_STEPS_KEPT = 3
 SAVE_SECONDS_GUESS = 30.0
-
-
-def seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def select_device(name, index=0):
-    """--device auto | cpu | cuda (the GPU `index`, i.e. LOCAL_RANK under torchrun)."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is visible to PyTorch")
-        return torch.device("cuda", index)
-    if name != "cpu":
-        raise ConfigError(f"--device {name}: expected auto, cpu or cuda")
-    return torch.device("cpu")
-
-
-def git_commit():
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).resolve().parent, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 class Run:
@@ -110,10 +81,9 @@ class Run:
         self.log = RunLog(self.out / "metrics.jsonl", enabled=self.is_main,
                           tensorboard=getattr(args, "tensorboard", False))
         self._lock = None
-        # On CUDA each epoch starts with the loaders' CPU seconds per iteration: whether the
-        # GPU waits for data. `stream` then times the loading of every item.
-        self.time_loading = self.device.type == "cuda"
-        self._timed, self._load_seconds, self._load_iters = [], 0.0, 0
+        # On CUDA each epoch ends with the loaders' CPU seconds per iteration: whether the
+        # GPU waits for data (`stream` times the loading of every item).
+        self.loading = LoadTimer(args) if self.device.type == "cuda" else None
         if getattr(args, "demo", False):
             self._make_demo()
         seed_everything(args.seed + self.rank)
@@ -141,9 +111,8 @@ class Run:
 
         On CUDA: pinned memory, workers kept from pass to pass, items timed (TimedItems)."""
         cuda = self.device.type == "cuda"
-        if self.time_loading:
-            dataset = TimedItems(dataset)
-            self._timed.append(dataset)
+        if self.loading:
+            dataset = self.loading.wrap(dataset)
         return Stream(make_loader(dataset, self.args.batch_size, self.args.seed, role,
                                   train=True, workers=self.args.workers, rank=self.rank,
                                   world_size=self.world_size, pin_memory=cuda,
@@ -186,9 +155,8 @@ class Run:
     def to_device(self, batch):
         """A loader's batch on the device: uint8 images, labels (if any) as int64 class ids."""
         batch = dict(batch)
-        seconds = batch.pop(LOAD_SECONDS, None)
-        if seconds is not None:
-            self._load_seconds += float(seconds.sum())
+        if self.loading:
+            self.loading.take(batch)
         batch["image"] = batch["image"].to(self.device, non_blocking=True)
         if self.args.channels_last:
             batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
@@ -269,9 +237,8 @@ class Run:
 
     def progress(self, iterations):
         """The iterations with a progress bar (rank 0), after the data-loading line."""
-        if self._timed and self.is_main:
-            self.report_loading()
-        self._load_seconds, self._load_iters = 0.0, 0
+        if self.loading and self.is_main:
+            self.loading.report()
         self._bar = tqdm(iterations, desc=self.script, initial=iterations.start,
                          total=iterations.stop, disable=not self.is_main, dynamic_ncols=True,
                          mininterval=1.0, leave=False)
@@ -289,7 +256,8 @@ class Run:
         must stop (--time-limit), after saving. `values`: the LRs and such, logged as given."""
         done = it + 1
         self.meter.add(**losses)
-        self._load_iters += 1
+        if self.loading:
+            self.loading.iterations += 1
         self._bar.set_postfix(self.meter.postfix(*list(self.meter.sums)[:3]))
         if self.log_every_due(done):
             self.log.write({"event": "train", "epoch": it // self.iters_per_epoch + 1,
@@ -318,10 +286,9 @@ class Run:
             self.log.write(record)
             self._bar.clear()
             print_epoch(record)
-            if self._timed:
-                self.report_loading()
-        self.meter, self._timer, self._load_seconds, self._load_iters = \
-            LossMeter(), Timer(), 0.0, 0
+            if self.loading:
+                self.loading.report()
+        self.meter, self._timer = LossMeter(), Timer()
 
     def _check_divergence(self, losses, epoch):
         """An epoch whose mean losses are non-finite or exploded is never saved."""
@@ -390,27 +357,6 @@ class Run:
         if self.device.type == "cuda":
             return torch.cuda.get_device_name(self.device)
         return f"cpu ({os.cpu_count()} cores)"
-
-    def report_loading(self):
-        """data: 0.74 CPU-s of loading per iteration (last epoch); 4 workers on 2 cores ..."""
-        if self._load_iters and self._load_seconds:
-            per_iter, how = self._load_seconds / self._load_iters, "last epoch"
-        else:   # first epoch of this session: time two samples of each training set here
-            per_iter, how = 0.0, "2 samples of each training set"
-            for timed in self._timed:
-                n = min(2, len(timed))
-                start = time.process_time()
-                for i in range(n):
-                    timed.dataset[(i, i)]
-                per_iter += (time.process_time() - start) / n * self.args.batch_size
-        workers = self.args.workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
-            os.cpu_count() or 1)
-        rate = min(max(workers, 1), cores) / max(per_iter, 1e-9)
-        hint = "" if getattr(self.args, "prepared", None) else "; --prepared DIR loads faster"
-        print(f"data: {per_iter:.2g} CPU-s of loading per iteration ({how}); {workers} "
-              f"worker(s) on {cores} cores supply at most {rate:.1f} it/s: a bar near that "
-              f"rate means the GPU waits for data{hint}", flush=True)
 
     # -- processes -----------------------------------------------------------------------
     def sync_buffers(self, module):

@@ -21,7 +21,7 @@ from torch import nn
 from torchvision.models import resnet18, resnet101
 
 import train_fda
-from core import cli
+from core import build
 from core.checkpoint import save_checkpoint
 from core.errors import ConfigError
 from core.evaluation import load_model
@@ -386,7 +386,7 @@ def test_fda_source_batches_have_the_target_size(tiny_demo, tmp_path):
     args = train_fda.parse_args(tiny_args(tiny_demo, tmp_path / "run", target=True) + [
         "--source-size", "72", "128"])
     assert tuple(args.crop) == (64, 128) == tuple(args.target_size)
-    assert cli.source_dataset(args)[0]["image"].shape == (3, 64, 128)
+    assert build.source_dataset(args)[0]["image"].shape == (3, 64, 128)
 
 
 def entropy_by_hand(logits, eta=2.0):
@@ -423,7 +423,7 @@ def test_fda_entropy_is_taken_on_the_logits_before_upsampling(tmp_path):
 def lr_after(args, iters_per_epoch, steps):
     p = torch.nn.Parameter(torch.zeros(1))
     opt = torch.optim.SGD([p], lr=1.0)
-    sched = poly_scheduler(opt, cli.poly_horizon(args, iters_per_epoch))
+    sched = poly_scheduler(opt, build.poly_horizon(args, iters_per_epoch))
     for _ in range(steps):
         opt.step()
         sched.step()
@@ -434,8 +434,8 @@ def test_poly_horizon_can_outlast_the_run():
     roots = ["--source-root", "s", "--target-root", "t", "--epochs", "3"]
     # AdaptSegNet's run: 150k steps of a 250k-step schedule ends at 0.44x the base LR
     official = train_fda.parse_args(roots + ["--poly-iters", "250"])
-    assert cli.poly_horizon(official, 50) == 250
+    assert build.poly_horizon(official, 50) == 250
     assert lr_after(official, 50, 150) == pytest.approx((1 - 150 / 250) ** 0.9)
     assert round(lr_after(official, 50, 150), 2) == 0.44
     default = train_fda.parse_args(roots)                   # decays to 0 at the run's end
-    assert cli.poly_horizon(default, 50) == 150 and lr_after(default, 50, 150) == 0.0
+    assert build.poly_horizon(default, 50) == 150 and lr_after(default, 50, 150) == 0.0

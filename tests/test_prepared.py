@@ -12,14 +12,14 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 import train_adv
-from core import cli
+from core import build, cli
 from core.datasets import GTA5, Cityscapes
 from core.errors import ConfigError, MissingDataError
 from core.prepared import MANIFEST, MARKER, use_prepared
 from core.prepared.__main__ import main as prepare_main
 from core.prepared.__main__ import parse_args as prepare_args
-from core.runtime import LOAD_SECONDS, Run
-from core.sampling import Stream, make_loader
+from core.runtime import Run
+from core.sampling import LOAD_SECONDS, LoadTimer, Stream, make_loader
 from core.transforms import build_transforms
 from demo import DemoPaths
 
@@ -241,14 +241,14 @@ def test_prepare_command_then_training_flag_reads_the_copies(trees, tmp_path, mo
     args = train_adv.parse_args(tiny_args(trees, tmp_path / "run", *sizes, "--prepared",
                                           str(prep), target=True))
     assert "prepared" in cli.SESSION_FLAGS    # same items: a resumed run may add or drop it
-    source, target = cli.source_dataset(args), cli.target_dataset(args)
+    source, target = build.source_dataset(args), build.target_dataset(args)
     assert capsys.readouterr().out == ""      # prepared ahead: nothing left to do
     assert source.prepared.folder == prep / "gta5-32x48-labels"
     assert target.prepared.folder == prep / "cityscapes-32x64-images"
     no_decoding(monkeypatch, GTA5)
     no_decoding(monkeypatch, Cityscapes)
     assert source[0]["image"].shape == (3, 32, 48) and target[0]["image"].shape == (3, 32, 64)
-    assert cli.source_dataset(train_adv.parse_args(tiny_args(
+    assert build.source_dataset(train_adv.parse_args(tiny_args(
         trees, tmp_path / "run2", *sizes, target=True))).prepared is None
 
 
@@ -275,12 +275,12 @@ def test_loading_time_is_measured_per_item_and_printed_per_epoch(trees, tmp_path
     args = argparse.Namespace(device="cpu", amp=False, out=str(tmp_path), seed=0,
                               channels_last=False, batch_size=2, workers=0, epochs=2)
     run = Run(args, "test")
-    assert not run.time_loading                 # on CPU runs: no timing, batches as before
+    assert run.loading is None                  # on CPU runs: no timing, batches as before
     assert set(run.stream(gta5(trees), "source").next()) == {"image", "label", "name"}
     run.progress(range(0, 2))
     assert capsys.readouterr().out == ""
 
-    run.time_loading = True                     # what a CUDA run does
+    run.loading = LoadTimer(args)               # what a CUDA run does
     stream = run.stream(gta5(trees), "source")
     run.progress(range(0, 2))
     assert "CPU-s of loading per iteration (2 samples of each training set)" in \
@@ -291,8 +291,8 @@ def test_loading_time_is_measured_per_item_and_printed_per_epoch(trees, tmp_path
         seconds.append(float(batch[LOAD_SECONDS].sum()))
         assert 0 < seconds[-1] < 60
         assert set(run.to_device(batch)) == {"image", "label", "name"}
-    run._load_iters = 2                         # as Run.log_and_save counts them
-    run.report_loading()                        # printed at each epoch end
+    run.loading.iterations = 2                  # as Run.log_and_save counts them
+    run.loading.report()                        # printed at each epoch end
     line = capsys.readouterr().out
     assert f"data: {sum(seconds) / 2:.2g} CPU-s of loading per iteration (last epoch)" in line
     assert "0 worker(s)" in line and "--prepared DIR loads faster" in line

@@ -1,6 +1,6 @@
 """`python -m core.prepared --prepared DIR --source-root ... [--target-root ...]`: make (or bring
 up to date) the prepared copies that a training run with the same data flags reads."""
-from core import cli
+from core import build, cli
 from core.prepared import FORMATS, use_prepared
 
 
@@ -25,9 +25,9 @@ def main(args):
     folder, args.prepared, args.pseudo = args.prepared, None, None   # raw sets, prepared here
     datasets = []
     if args.source_root:
-        datasets.append(cli.source_dataset(args))
+        datasets.append(build.source_dataset(args))
     if args.target_root:
-        datasets.append(cli.target_dataset(args))
+        datasets.append(build.target_dataset(args))
     for dataset in datasets:
         use_prepared(dataset, folder, args.workers, args.format)
         print(f"ready: {dataset.prepared.folder} ({len(dataset)} items)", flush=True)
