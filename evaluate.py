@@ -3,13 +3,14 @@
 Each model is rebuilt from the arguments stored in its checkpoint, so no model flags are
 needed; the data root defaults to the validation root stored there too.
 
-    python evaluate.py runs/gta/best.pth
-    python evaluate.py runs/city/best.pth runs/gta/best.pth runs/gta_aug/best.pth --markdown
-    python evaluate.py runs/fda_b0.01/best.pth \\
-        --ensemble runs/fda_b0.05/best.pth runs/fda_b0.09/best.pth  # multi-band ensemble (MBT)
+    python evaluate.py runs/gta/last.pth
+    python evaluate.py runs/city/last.pth runs/gta/last.pth runs/gta_aug/last.pth --markdown
+    python evaluate.py runs/*/best.pth --markdown   # picked on Cityscapes val: "target-selected"
+    python evaluate.py runs/fda_b0.01/last.pth \\
+        --ensemble runs/fda_b0.05/last.pth runs/fda_b0.09/last.pth  # multi-band ensemble (MBT)
     python evaluate.py runs/mpl/last.pth --net teacher        # train_mpl.py's teacher
-    python evaluate.py runs/gta/best.pth --json gta.json --save-vis vis/gta
-    python evaluate.py runs/adv_s*/best.pth --markdown --group-by-seed  # mean ± std over seeds
+    python evaluate.py runs/gta/last.pth --json gta.json --save-vis vis/gta
+    python evaluate.py runs/adv_s*/last.pth --markdown --group-by-seed  # mean ± std over seeds
 
 Several checkpoints are scored one by one (a row each); with --ensemble, the one checkpoint
 given and those after --ensemble are scored as one ensemble, the mean of their softmax (a
@@ -17,39 +18,43 @@ file named twice counts once). Protocol: images are fed at the working size stor
 checkpoint (--size overrides it) and the logits are upsampled to the full label size; both
 sizes are printed with each result.
 """
-import json
 import math
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, outputs
+from core.checkpoint import load_checkpoint
 from core.datasets import GTA5, Cityscapes
 from core.errors import ConfigError, DataError
 from core.evaluation import (
     ensemble_paths,
     evaluate,
-    inference_autocast,
     load_model,
     predict_probs,
     select_device,
 )
 from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
+from core.logs import json_text, write_json
 from core.metrics import format_table
+from core.precision import inference_autocast
 
 
 def main(args):
     device = select_device(args.device)
-    autocast = inference_autocast(device, args.amp)     # --amp: CUDA only
+    autocast = inference_autocast(device, args.amp)
     net = "teacher" if args.net == "teacher" else "model"   # a train_mpl.py run holds both
     # One model per row, or one row for the softmax average of the ensemble.
     paths = (ensemble_paths(args.checkpoints[0], args.ensemble) if args.ensemble
              else args.checkpoints)
-    loaded = [load_model(path, device, args.size, net) for path in paths]
+    if args.group_by_seed:   # runs folded into one row must have ended at the same point
+        check_same_end(paths)
+    loaded = [load_model(path, device, args.size, net, amp=args.amp) for path in paths]
     data_root = args.data_root or loaded[0][2].get("val_root")
     if data_root is None:
         raise ConfigError("no --data-root given and none stored in the checkpoint")
@@ -91,12 +96,12 @@ def main(args):
     elif args.markdown:
         print_markdown(rows)
     if args.json:
-        write_json(rows, args.json)
+        write_results(rows, args.json)
 
 
 def save_panels(models, sizes, dataset, device, out_dir, count, autocast):
     """image | ground truth | prediction, in the Cityscapes colours, one PNG per image."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    outputs.claim_folder(out_dir, "--save-vis", "evaluate")
     for i in range(min(count, len(dataset))):
         item = dataset[i]
         image = item["image"].unsqueeze(0).to(device)
@@ -130,14 +135,40 @@ NOT_RUN_DEFINING = {"seed", *cli.SESSION_FLAGS}
 GROUP_KEYS = ("checkpoints", "seeds", "n", "miou_std", "pixel_acc_std", "iou_std")
 
 
+def seed_group(path, stored):
+    """What runs of one --group-by-seed row share: the checkpoint's file name and every stored
+    argument that defines the run."""
+    defining = {k: v for k, v in stored.items() if k not in NOT_RUN_DEFINING}
+    return Path(path).name, json_text(defining, sort_keys=True)
+
+
+def check_same_end(paths):
+    """--group-by-seed: the runs of a row must have run equally long (a run stopped early would
+    pull the mean down). A run's end is the iteration of the last.pth in its checkpoint's folder
+    (best.pth may come from any epoch), else of the checkpoint itself."""
+    groups = {}
+    for path in paths:
+        stored = load_checkpoint(path, mmap=True)["args"]
+        last = Path(path).parent / "last.pth"
+        end = load_checkpoint(last if last.is_file() else path, mmap=True).get("iteration")
+        groups.setdefault(seed_group(path, stored), []).append((path, end))
+    for runs in groups.values():
+        usual, _ = Counter(end for _, end in runs).most_common(1)[0]
+        for path, end in runs:
+            if end != usual:
+                others = [p for p, e in runs if e == usual]
+                raise ConfigError(f"--group-by-seed: {path} comes from a run that ended at "
+                                  f"iteration {end}, {others[0]} from one that ended at "
+                                  f"{usual}: finish it (--resume) or leave it out")
+
+
 def seed_groups(rows, stored_args):
     """One row per group of runs that differ only in --seed: the mean and sample standard
     deviation (ddof 1, NaN for n = 1) of mIoU, pixel accuracy and each class's IoU (over the
     runs where that class is scored), as papers report several seeds."""
     members = {}
     for row, stored in zip(rows, stored_args, strict=True):
-        defining = {k: v for k, v in stored.items() if k not in NOT_RUN_DEFINING}
-        key = (Path(row["checkpoint"]).name, json.dumps(defining, sort_keys=True, default=str))
+        key = seed_group(row["checkpoint"], stored)
         members.setdefault(key, []).append((row, stored.get("seed")))
     groups = []
     for group in members.values():
@@ -192,14 +223,15 @@ def print_seed_groups(groups, markdown):
         print(f"| {g['checkpoint']} | " + " | ".join(percent(v) for v in g["iou"]) + " |")
 
 
-def write_json(rows, path):
-    """{"miou", "pixel_acc", "iou": {class: value}} as fractions (a list for several rows)."""
+def write_results(rows, path):
+    """{"miou", "pixel_acc", "iou": {class: value}} as fractions (a list for several rows);
+    a score that is undefined (a class absent from the labels and the predictions) is null."""
     objs = [{"checkpoint": r["checkpoint"], "miou": r["miou"], "pixel_acc": r["pixel_acc"],
              "iou": dict(zip(CLASS_NAMES, r["iou"], strict=True)),
              "input_size": r["input_size"], "label_size": r["label_size"],
              "images": r["images"], **{k: r[k] for k in GROUP_KEYS if k in r}}
             for r in rows]
-    Path(path).write_text(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
+    write_json(path, objs[0] if len(objs) == 1 else objs)
 
 
 def build_parser():
@@ -207,19 +239,21 @@ def build_parser():
     p.add_argument("checkpoints", nargs="+", metavar="CHECKPOINT",
                    help="best.pth / last.pth files, scored one by one (one with --ensemble)")
     p.add_argument("--data-root", help="Cityscapes folder (default: stored in the checkpoint)")
-    p.add_argument("--dataset", choices=("cityscapes", "gta5"), default="cityscapes")
+    p.add_argument("--dataset", choices=("cityscapes", "gta5"), default="cityscapes",
+                   help="the layout of --data-root")
     p.add_argument("--split", default="val",
                    help="Cityscapes split folder, or a GTA5 list file (its name in the root)")
     p.add_argument("--net", choices=("student", "teacher"), default="student",
-                   help="a train_mpl.py checkpoint holds two networks: score the student "
-                        "(default) or the teacher")
+                   help="a train_mpl.py checkpoint holds two networks: the one to score")
     p.add_argument("--markdown", action="store_true", help="print the results table")
     p.add_argument("--group-by-seed", action="store_true",
                    help="one row per group of runs that differ only in --seed: mean ± sample "
                         "std and n of each score")
     p.add_argument("--json", help="write the result(s) to this JSON file")
     p.add_argument("--save-vis", metavar="DIR", help="write image | label | prediction panels")
-    p.add_argument("--vis-count", type=cli.non_negative_int, default=20)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
+    p.add_argument("--vis-count", type=cli.positive_int, default=20,
+                   help="how many panels --save-vis writes")
     cli.add_inference_args(p, batch_size=1, workers=2)
     return p
 
@@ -239,6 +273,7 @@ def parse_args(argv=None):
                 f"or drop --ensemble to score each checkpoint on its own")
     if args.group_by_seed and args.ensemble:
         p.error("--group-by-seed scores each checkpoint on its own: drop --ensemble")
+    outputs.check_outputs(p, args, "evaluate")
     return args
 
 

@@ -1,7 +1,7 @@
 """Export a checkpoint's network to ONNX: uint8 RGB images in, logits out.
 
     pip install -r requirements-extras.txt                  # onnx, onnxscript, onnxruntime
-    python export.py runs/gta/best.pth --out gta.onnx
+    python export.py runs/gta/last.pth --out gta.onnx
 
 The graph takes uint8 RGB images N x 3 x H x W (0-255, as decoded from an image file) and
 holds the ImageNet normalisation itself: normalising outside, or forgetting to, is the classic
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from core import cli
+from core import cli, outputs
 from core.errors import ConfigError
 from core.evaluation import load_model, select_device
 from core.labels import CLASS_NAMES
@@ -123,7 +123,7 @@ def parse_args(argv=None):
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     cli.add_device_arg(p)
     args = p.parse_args(argv)
-    cli.check_output_file(p, args.out, args.overwrite, "the .onnx file")
+    outputs.check_outputs(p, args, "export")
     return args
 
 

@@ -7,9 +7,9 @@ probability reaches its class's threshold (Li et al. 2019, BDL sec. 3.3):
 
     threshold_c = min(cap, q-quantile of max-probability over the pixels predicted c)
 
-    python gen_pseudo.py runs/fda_b0.01/best.pth --ensemble runs/fda_b0.05/best.pth \\
-        runs/fda_b0.09/best.pth --out runs/pseudo            # BDL: q = 0.5, cap 0.9
-    python gen_pseudo.py runs/adv/best.pth --out runs/pseudo_adv --quantile 0.66
+    python gen_pseudo.py runs/fda_b0.01/last.pth --ensemble runs/fda_b0.05/last.pth \\
+        runs/fda_b0.09/last.pth --quantile 0.66 --out runs/pseudo   # FDA's: q = 0.66, cap 0.9
+    python gen_pseudo.py runs/adv/last.pth --out runs/pseudo_adv      # BDL's: q = 0.5, cap 0.9
     python train_fda.py ... --pseudo runs/pseudo             # the self-training round
 
 Two passes in constant memory: the first builds per-class histograms of the max
@@ -18,22 +18,22 @@ predicts again and writes `<out>/<city>/<stem>.png` (train ids, 255 = ignore, as
 PNG in the Cityscapes colours, so any image viewer shows it) at the working size, where
 the pseudo-label dataset pairs each with its image.
 """
-import json
 from pathlib import Path
 
 from torch.utils.data import DataLoader
 
-from core import cli
+from core import cli, outputs
 from core.datasets import Cityscapes
 from core.errors import ConfigError
 from core.evaluation import (
     ensemble_paths,
-    inference_autocast,
     load_model,
     predict_probs,
     select_device,
 )
 from core.labels import CLASS_NAMES, save_label_png
+from core.logs import write_json
+from core.precision import inference_autocast
 from core.pseudo import ProbHistogram, apply_thresholds
 
 
@@ -48,9 +48,9 @@ def predictions(models, sizes, loader, device, out_size, autocast):
 
 def main(args):
     device = select_device(args.device)
-    autocast = inference_autocast(device, args.amp)     # --amp: CUDA only
+    autocast = inference_autocast(device, args.amp)
     paths = ensemble_paths(args.checkpoint, args.ensemble)
-    loaded = [load_model(path, device) for path in paths]
+    loaded = [load_model(path, device, amp=args.amp) for path in paths]
     models, sizes, stored = [m for m, _, _ in loaded], [s for _, s, _ in loaded], loaded[0][2]
     data_root = args.data_root or stored.get("target_root") or stored.get("val_root")
     if data_root is None:
@@ -67,7 +67,7 @@ def main(args):
     kept = hist.kept_fraction(thresholds)
 
     ## pass 2: predict again, drop pixels under their class's threshold, write PNGs
-    out = Path(args.out)
+    out = outputs.claim_folder(Path(args.out), "--out", "gen_pseudo")   # marked as ours
     for names, prob, label in predictions(models, sizes, loader, device, out_size,
                                           autocast):
         pseudo = apply_thresholds(label, prob, thresholds).cpu().numpy()
@@ -82,7 +82,7 @@ def main(args):
                   name: {"threshold": t, "kept": None if n == 0 else k, "pixels": n}
                   for name, t, k, n in zip(CLASS_NAMES, thresholds.tolist(), kept.tolist(),
                                            hist.counts.sum(1).tolist(), strict=True)}}
-    (out / "thresholds.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "thresholds.json", report)
     print_report(report, out)
 
 
@@ -102,7 +102,7 @@ def build_parser():
                    help="best.pth / last.pth (more to ensemble: --ensemble)")
     p.add_argument("--out", required=True, help="folder for the pseudo-label PNGs")
     p.add_argument("--data-root", help="Cityscapes folder (default: the checkpoint's target)")
-    p.add_argument("--split", default="train")
+    p.add_argument("--split", default="train", help="Cityscapes split folder to label")
     p.add_argument("--quantile", type=cli.probability, default=0.5,
                    help="per-class quantile of the max probability (BDL 0.5, FDA code 0.66)")
     p.add_argument("--cap", type=cli.probability, default=0.9,
@@ -124,12 +124,7 @@ def parse_args(argv=None):
                 f"`gen_pseudo.py {first} --ensemble {' '.join([*rest, *args.ensemble])} "
                 f"--out {args.out}`")
     args.checkpoint = args.checkpoint[0]
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        p.error(f"--out {out} is a file: expected a folder for the pseudo-label PNGs")
-    if out.is_dir() and any(out.iterdir()) and not (out / "thresholds.json").is_file():
-        p.error(f"--out {out} holds files that gen_pseudo.py did not write: choose a new or "
-                f"empty folder")
+    outputs.check_outputs(p, args, "gen_pseudo")   # new, empty, or gen_pseudo.py's own folder
     return args
 
 

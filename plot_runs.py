@@ -13,13 +13,13 @@ on source (solid) and target (dashed) maps. The x axis is the optimiser step. Af
 the lines the resumed run wrote again replace the killed run's. The PNG is never written over
 unless --overwrite is given.
 """
-import json
 import math
 import os
 from pathlib import Path
 
-from core import cli
-from core.errors import ConfigError, DataError, MissingDataError
+from core import cli, outputs
+from core.errors import ConfigError, MissingDataError
+from core.logs import read_jsonl
 
 EXTRAS = "pip install -r requirements-extras.txt"
 D_ACC = ("d_acc_source", "d_acc_target")
@@ -60,13 +60,7 @@ def read_run(path):
         raise MissingDataError(f"no metrics.jsonl in {path} (expected a run folder that a "
                                f"training script wrote, or its metrics.jsonl)")
     start, train, epochs = {}, {}, {}
-    for number, line in enumerate(file.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{file}, line {number}: not a JSON line ({e.msg})") from None
+    for record in read_jsonl(file):     # a last line being written (or cut) is left out
         event = record.get("event")
         if event == "start":
             start = record
@@ -154,11 +148,12 @@ def summary(label, run):
 def parse_args(argv=None):
     p = cli.new_parser(__doc__)
     p.add_argument("runs", nargs="+", help="run folders (or their metrics.jsonl files)")
-    p.add_argument("--out", default="curves.png", help="the PNG to write (default curves.png)")
-    p.add_argument("--dpi", type=cli.positive_int, default=110)
+    p.add_argument("--out", default="curves.png", help="the PNG to write")
+    p.add_argument("--dpi", type=cli.positive_int, default=110,
+                   help="resolution of the PNG, in dots per inch")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     args = p.parse_args(argv)
-    cli.check_output_file(p, args.out, args.overwrite, "the PNG")
+    outputs.check_outputs(p, args, "plot_runs")
     return args
 
 

@@ -1,10 +1,10 @@
 """Segment your own images with a trained checkpoint (or an ensemble): one PNG per image.
 
-    python predict.py runs/gta/best.pth street.jpg --out pred                # Cityscapes colours
-    python predict.py runs/gta/best.pth frames/ --out pred --format overlay \\
+    python predict.py runs/gta/last.pth street.jpg --out pred                # Cityscapes colours
+    python predict.py runs/gta/last.pth frames/ --out pred --format overlay \\
         --batch-size 8 --workers 4                                        # a video's frames
-    python predict.py runs/fda_b0.01/best.pth photos/ --out pred \\
-        --ensemble runs/fda_b0.05/best.pth runs/fda_b0.09/best.pth         # multi-band ensemble
+    python predict.py runs/fda_b0.01/last.pth photos/ --out pred \\
+        --ensemble runs/fda_b0.05/last.pth runs/fda_b0.09/last.pth         # multi-band ensemble
     # Cityscapes benchmark submission: label ids at full resolution, one PNG per image
     python predict.py runs/city/best.pth data/Cityscapes/leftImg8bit/test --out submit \\
         --format labelids
@@ -24,8 +24,9 @@ Formats (several may be given); each file is named after its image,
     labelids  _pred_labelIds.png  Cityscapes label ids (7 road ... 33 bicycle): the benchmark's
     trainids  _pred_trainIds.png  train ids 0-18 (a palette PNG in the Cityscapes colours)
 For a submission write labelids alone into its folder: the official evaluator takes every
-PNG whose name holds the frame's `city_seq_frame`. A file that exists in --out is never
-written over unless --overwrite is given.
+PNG whose name holds the frame's `city_seq_frame`. --out must be new, empty, or an earlier
+predict.py output (marked by its predict.json); a file that exists in it is never written
+over unless --overwrite is given.
 """
 from pathlib import Path
 
@@ -35,19 +36,18 @@ from PIL import Image, ImageOps
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from core import cli
-from core.decoding import image_tensor, open_image
+from core import cli, outputs
+from core.decoding import IMAGE_SUFFIXES, image_tensor, open_image
 from core.errors import ConfigError, MissingDataError
 from core.evaluation import (
     ensemble_paths,
-    inference_autocast,
     load_model,
     predict_classes,
     select_device,
 )
 from core.labels import TRAIN_LABEL_IDS, colorize, save_label_png
+from core.precision import inference_autocast
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 FORMATS = {"color": "_pred_color.png", "overlay": "_pred_overlay.png",
            "labelids": "_pred_labelIds.png", "trainids": "_pred_trainIds.png"}
 LABEL_IDS = np.array(TRAIN_LABEL_IDS, dtype=np.uint8)   # train id -> Cityscapes label id
@@ -67,13 +67,14 @@ def main(args):
 
     ## models: one checkpoint, or the mean softmax of several (FDA's multi-band ensemble)
     paths = ensemble_paths(args.checkpoint, args.ensemble)
-    loaded = [load_model(path, device, args.size) for path in paths]
+    loaded = [load_model(path, device, args.size, amp=args.amp) for path in paths]
     models, sizes = [m for m, _, _ in loaded], [s for _, s, _ in loaded]
     print(f"{len(jobs)} image(s), fed at {', '.join(f'{h}x{w}' for h, w in sizes)} (HxW), "
           f"logits upsampled to each image's size; {'ensemble of ' * (len(models) > 1)}"
           f"{', '.join(paths)}")
 
     ## predict: working size in, full resolution out; write every asked format
+    outputs.claim_folder(out, "--out", "predict")      # marked as predict.py's (core.outputs)
     photos = DataLoader(Photos(jobs), batch_size=None, num_workers=args.workers)
     with tqdm(total=len(jobs), desc="predict", unit="image", dynamic_ncols=True) as bar:
         for batch in same_size_batches(jobs, photos, args.batch_size):
@@ -179,7 +180,7 @@ def build_parser():
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files and/or folders")
     p.add_argument("--out", required=True, help="folder for the predictions")
     p.add_argument("--format", nargs="+", choices=tuple(FORMATS), default=["color"],
-                   help="what to write per image (default color); several may be given")
+                   help="what to write per image; several may be given")
     p.add_argument("--alpha", type=cli.probability, default=0.5,
                    help="overlay: weight of the colours (0 = photo, 1 = colours)")
     p.add_argument("--overwrite", action="store_true",
@@ -191,8 +192,7 @@ def build_parser():
 def parse_args(argv=None):
     p = build_parser()
     args = p.parse_args(argv)
-    if Path(args.out).is_file():
-        p.error(f"--out {args.out} is a file: expected a folder for the predictions")
+    outputs.check_outputs(p, args, "predict")   # new, empty, or predict.py's own folder
     return args
 
 

@@ -138,16 +138,20 @@ def main(args):
 def parse_args(argv=None):
     p = cli.new_parser(__doc__)
     p.add_argument("--model", default="bisenet",
-                   choices=[*MODEL_NAMES, *DISCRIMINATOR_NAMES, "all"])
+                   choices=[*MODEL_NAMES, *DISCRIMINATOR_NAMES, "all"],
+                   help="segmentation network or discriminator to profile (all: every one)")
     p.add_argument("--backbone", default=None, help="default: resnet18 for bisenet, resnet101 "
                    "for deeplabv2, stdc1 for stdc; ignored for discriminators and --model all")
-    p.add_argument("--num-classes", type=cli.positive_int, default=NUM_CLASSES)
+    p.add_argument("--num-classes", type=cli.positive_int, default=NUM_CLASSES,
+                   help="output channels of the classifier")
     p.add_argument("--size", type=cli.positive_int, nargs=2, default=[512, 1024],
-                   metavar=("H", "W"))
-    p.add_argument("--batch-size", type=cli.positive_int, default=1)
+                   metavar=("H", "W"), help="input size")
+    p.add_argument("--batch-size", type=cli.positive_int, default=1,
+                   help="images per forward pass")
     cli.add_device_arg(p)
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true",
+                   help="network and input in channels_last (NHWC) memory layout")
     p.add_argument("--compile", action="store_true", help="torch.compile (meant for CUDA)")
     p.add_argument("--warmup", type=cli.non_negative_int, default=10,
                    help="untimed passes (compile needs >= 1)")

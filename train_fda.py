@@ -76,7 +76,7 @@ def main(args):
     source_stream, target_stream = run.stream(source_set, "source"), run.stream(target_set,
                                                                                  "target")
     val_loader = run.val_loader(build.val_dataset(args))
-    run.check_data(source_set, val_loader.dataset)
+    run.check_data(source_set, val_loader.dataset, target_set)
     iters_per_epoch = args.iters_per_epoch or len(source_stream)
 
     ## model, optimiser, poly schedule, loss
@@ -118,7 +118,9 @@ def parse_args(argv=None):
     cli.add_model_args(parser)
     cli.add_optim_args(parser)
     g = parser.add_argument_group("translation and entropy")
-    g.add_argument("--translate", choices=("fda", "lab"), default="fda")
+    g.add_argument("--translate", choices=("fda", "lab"), default="fda",
+                   help="how the source takes the target's style: fda swaps the low-frequency "
+                        "amplitude spectrum, lab matches the CIELAB mean and std")
     g.add_argument("--beta", type=cli.non_negative_float, default=0.01,
                    help="FDA low-frequency window ratio (paper: 0.01, 0.05, 0.09)")
     g.add_argument("--fda-window", choices=FDA_WINDOWS, default="centred",
@@ -131,7 +133,8 @@ def parse_args(argv=None):
     g.add_argument("--ent-start", type=cli.non_negative_int, default=0, metavar="ITER",
                    help="iteration from which the entropy loss is added")
     g.add_argument("--pseudo", metavar="DIR", help="target pseudo labels from gen_pseudo.py")
-    g.add_argument("--lambda-pseudo", type=cli.non_negative_float, default=1.0)
+    g.add_argument("--lambda-pseudo", type=cli.non_negative_float, default=1.0,
+                   help="weight of the cross-entropy on the target pseudo labels (--pseudo)")
     cli.add_run_args(parser, default_out="runs/fda")
     args = cli.parse(parser, argv, SCRIPT)
     if args.translate == "fda" and not 0 <= args.beta <= 0.5:

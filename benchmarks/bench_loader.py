@@ -19,6 +19,13 @@ Without roots, full-size frames are generated in a temporary folder: demo scenes
 Cityscapes' 2048x1024 and GTA5's 1914x1052 (a few GTA5 labels at another size, as in the real
 set), with sensor noise so that the PNGs are as large as real ones (about 2 MB).
 The prepared copy goes to a temporary folder, never next to the data.
+
+    .venv/bin/python benchmarks/bench_loader.py --aug [--device cuda]
+
+--aug compares, at equal workers, where the photometric augmentation (jitter, blur) runs on
+GTA5 at 1280x720 with flip,jitter,blur: in the workers, item by item (as before), or drawn
+there and applied batched on --device after the transfer (core.transforms.apply_photometric,
+as the training scripts do now); the second route's images/s include that device time.
 """
 import argparse
 import copy
@@ -37,8 +44,8 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core`, `demo` live at the repo root
 from core.datasets import GTA5, Cityscapes  # noqa: E402
 from core.prepared import use_prepared  # noqa: E402
-from core.sampling import SOURCE_STREAM, make_loader  # noqa: E402
-from core.transforms import build_transforms  # noqa: E402
+from core.sampling import make_loader  # noqa: E402
+from core.transforms import apply_photometric, build_transforms  # noqa: E402
 from demo import render_frame  # noqa: E402
 from demo.write import STREAM_SOURCE, STREAM_TARGET_TRAIN, palette_bytes  # noqa: E402
 
@@ -99,27 +106,51 @@ def variant(dataset, prepared, transform):
     return v
 
 
-def images_per_second(loader, seconds):
+class InWorkers:
+    """The photometric ops applied in the worker, item by item: the route before they moved
+    to the device."""
+
+    def __init__(self, aug):
+        self.aug = aug
+
+    def split(self, image, label=None, generator=None):
+        image, label = self.aug(image, label, generator)
+        return image, label, None
+
+
+def on_device(batch, device):
+    """What Run.to_device does with a batch: transfer, then its photometric ops."""
+    images = batch["image"].to(device, non_blocking=True)
+    if "photometric" in batch:
+        images = apply_photometric(images, batch["photometric"])
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return images
+
+
+def images_per_second(loader, seconds, device=None):
     n, start = 0, time.perf_counter()
     while True:                      # whole passes until `seconds` have gone by
         for batch in loader:
+            if device is not None:
+                on_device(batch, device)
             n += len(batch["image"])
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:
             return n / elapsed
 
 
-def measure(routes, workers, args):
+def measure(routes, workers, args, device=None):
     """{route: median images/s} of each route's loader at `workers`, alternating routes."""
-    loaders = {name: make_loader(ds, args.batch_size, 0, SOURCE_STREAM, train=True,
+    loaders = {name: make_loader(ds, args.batch_size, 0, "source", train=True,
                                  workers=workers, persistent_workers=True)
                for name, ds in routes.items()}
     for loader in loaders.values():  # warm-up: start the workers, fill the page cache
-        images_per_second(loader, 0)
+        images_per_second(loader, 0, device)
     rates = {name: [] for name in loaders}
     for _ in range(args.repeats):
         for name, loader in loaders.items():
-            rates[name].append(images_per_second(loader, args.seconds))
+            rates[name].append(images_per_second(loader, args.seconds, device))
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
@@ -146,6 +177,9 @@ def main():
     p.add_argument("--format", choices=("png", "npy"), default="png",
                    help="of the prepared copy")
     p.add_argument("--target-aug", action="store_true", help="also the target with --aug")
+    p.add_argument("--aug", action="store_true",
+                   help="compare photometric augmentation in the workers and on --device")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     args = p.parse_args()
     torch.set_num_threads(1)
     # More workers than cores is one of the settings measured, not a mistake here.
@@ -163,6 +197,8 @@ def main():
         source = first(GTA5(gta_root, size=GTA5_SIZE), args.frames)
         target = first(Cityscapes(city_root, "train", size=CITY_SIZE, labelled=False),
                        args.frames)
+        if args.aug:
+            return compare_photometric(source, args, started)
         copies = {}
         for name, ds in (("source", source), ("target", target)):
             t0 = time.perf_counter()
@@ -196,6 +232,25 @@ def main():
     for (role, label), rs in ratios.items():
         print(f"{role} {label}, prepared vs raw at {'/'.join(map(str, args.workers))} "
               f"workers: {' '.join(f'{r:.1f}x' for r in rs)}; at least {min(rs):.1f}x")
+
+
+def compare_photometric(source, args, started):
+    aug = build_transforms(AUG, p=0.5)
+    routes = {"in workers": variant(source, None, InWorkers(aug)),
+              "on device": variant(source, None, aug)}
+    device = torch.device(args.device)
+    print(f"\nimages/s of GTA5 1280x720 +aug {AUG}, median of {args.repeats} (batch "
+          f"{args.batch_size}, {args.frames} items, raw files; device {device})\n")
+    print("| workers | photometric in workers | on the device | gain |\n|---:|---:|---:|---:|")
+    gains = []
+    for w in args.workers:
+        r = measure(routes, w, args, device)
+        gains.append(r["on device"] / r["in workers"])
+        print(f"| {w} | {r['in workers']:.1f} | {r['on device']:.1f} | {gains[-1]:.2f}x |",
+              flush=True)
+    print(f"\n({time.perf_counter() - started:.0f} s in all) on the device vs in the workers "
+          f"at {'/'.join(map(str, args.workers))} workers: "
+          f"{' '.join(f'{g:.1f}x' for g in gains)}")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ model from it), and the epoch's log line (so a kill between the save and the log
 nothing). Only plain types and tensors are stored, so `torch.load(weights_only=True)` reads
 it: loading a checkpoint someone shared never executes code.
 """
+import errno
 import fcntl
 import os
 import random
@@ -30,7 +31,8 @@ NUMPY_GLOBALS = [_np_core.multiarray._reconstruct, _np_core.multiarray.scalar, n
 # --------------------------------------------------------------------------- files
 
 def save_checkpoint(state, path):
-    """Write `state` to `path` through a temp file and a rename: a kill never leaves half a file."""
+    """Write `state` to `path` through a temp file and a rename: a kill never leaves half a file,
+    and a full disk leaves the previous file as it was, with a one-line CheckpointError."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
@@ -40,9 +42,32 @@ def save_checkpoint(state, path):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
-        raise
+        failure = _os_error(e)
+        if failure is None:
+            raise
+        kept = f"the previous {path.name} is unchanged" if path.exists() else \
+            f"no {path.name} was written"
+        cure = "; free some space" if failure.errno in NO_SPACE else ""
+        free = shutil.disk_usage(path.parent).free
+        raise CheckpointError(f"cannot write checkpoint {path}: {failure.strerror or failure} "
+                              f"({free:,} bytes free in {path.parent}); {kept}{cure}") from e
+
+
+# A full disk or quota: the two errors that more free space cures.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _os_error(error):
+    """The OSError behind a failed write, or None. torch.save reports one met while writing
+    its zip archive as a RuntimeError ('[enforce fail at inline_container.cc ...]') whose
+    context is the OSError."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def remove_orphaned_temp_files(folder, names=("last.pth", "best.pth")):

@@ -9,13 +9,20 @@ flags that would change it (--lr, --epochs, --batch-size, --seed, ...) are refus
 differ, and only session flags (SESSION_FLAGS) apply.
 """
 import argparse
-import math
 import os
 import sys
 from pathlib import Path
 
 from core.checkpoint import load_checkpoint
 from core.errors import ConfigError, SegDAError
+from core.flags import (
+    HelpFormatter,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    probability,
+)
 from core.models import BACKBONES, MODEL_NAMES, model_options, resolve_backbone
 from demo import DEMO_ROOT, DemoPaths
 
@@ -44,60 +51,17 @@ DATASET_SIZES = {"gta5": (720, 1280), "cityscapes": (512, 1024)}
 DEFAULT_EPOCHS = 50       # the course project's
 # Flags that a resumed run may change: they do not change what the run computes.
 SESSION_FLAGS = ("resume", "out", "stop_after", "workers", "prepared", "device", "demo",
-                 "log_every", "save_every", "time_limit")
+                 "log_every", "save_every", "time_limit", "dry_run")
 
 
 # --------------------------------------------------------------------------- flags
 
 def new_parser(doc):
-    return argparse.ArgumentParser(description=doc.split("\n\n")[0],
-                                   formatter_class=argparse.RawDescriptionHelpFormatter,
-                                   epilog=doc)
-
-
-def check_output_file(parser, path, overwrite, what):
-    """--out names a file to write: never a folder, never an existing file unless --overwrite."""
-    out = Path(path)
-    if out.is_dir():
-        parser.error(f"--out {out} is a folder: expected the path of {what} to write")
-    if out.exists() and not overwrite:
-        parser.error(f"--out {out} exists: pass --overwrite to replace it, or choose another "
-                     f"path")
-    return out
-
-
-# Flag types that state their range: argparse names the flag in the error (exit 2), so a bad
-# value never reaches an optimiser or a loader as a traceback. Every numeric flag of every
-# script uses one of them (tests/test_flags.py walks them all).
-
-def _number(text, convert, low, high, low_open, what):
-    try:
-        value = convert(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value) or value < low or (low_open and value == low) or value > high:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text}")
-    return value
-
-
-def positive_int(text):
-    return _number(text, int, 1, math.inf, False, "an integer >= 1")
-
-
-def non_negative_int(text):
-    return _number(text, int, 0, math.inf, False, "an integer >= 0")
-
-
-def positive_float(text):
-    return _number(text, float, 0.0, math.inf, True, "a number > 0")
-
-
-def non_negative_float(text):
-    return _number(text, float, 0.0, math.inf, False, "a number >= 0")
-
-
-def probability(text):
-    return _number(text, float, 0.0, 1.0, False, "a number in [0, 1]")
+    """A script's parser, from its docstring: the first paragraph above the flags, the rest
+    (usage examples, notes) below them; every flag's default shown (core.flags)."""
+    summary, _, rest = doc.strip().partition("\n\n")
+    return argparse.ArgumentParser(description=summary, epilog=rest or None,
+                                   formatter_class=HelpFormatter)
 
 
 def warn_zero_learning_rates(args):
@@ -108,7 +72,7 @@ def warn_zero_learning_rates(args):
                   f"change", file=sys.stderr, flush=True)
 
 
-def add_device_arg(p, help="default auto: CUDA when PyTorch sees a GPU, else the CPU"):
+def add_device_arg(p, help="auto: CUDA when PyTorch sees a GPU, else the CPU"):
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help=help)
 
 
@@ -125,12 +89,13 @@ def add_data_args(p, target=False):
                         "512 1024 for Cityscapes)")
     if target:
         g.add_argument("--target-root", help="Cityscapes folder (labels are never read)")
-        g.add_argument("--target-split", default="train")
+        g.add_argument("--target-split", default="train",
+                       help="Cityscapes split folder of the target images")
         g.add_argument("--target-size", type=positive_int, nargs=2, metavar=("H", "W"),
                        help="working size of target images (default 512 1024)")
     g.add_argument("--val-root", help="Cityscapes folder for validation (default: the "
                                       "target root, or the source root for Cityscapes)")
-    g.add_argument("--val-split", default="val")
+    g.add_argument("--val-split", default="val", help="Cityscapes split folder to validate on")
     g.add_argument("--val-size", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="working size at which validation images are fed (default: the "
                         "target size, 512 1024); logits are upsampled to the label size")
@@ -141,7 +106,9 @@ def add_data_args(p, target=False):
     g.add_argument("--crop", type=positive_int, nargs=2, metavar=("H", "W"),
                    help="train on random crops of this size of the resized source images "
                         "(train_fda.py: default the target size, as FDA's code crops)")
-    g.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1))
+    g.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+                   help="image-loading processes per data stream, 0 = the main process "
+                        "if not given: min(4, CPU cores)")
     g.add_argument("--prepared", metavar="DIR",
                    help="read the training sets from copies decoded and resized once, kept "
                         "in DIR (made, or brought up to date, at start; identical items, "
@@ -151,7 +118,8 @@ def add_data_args(p, target=False):
 
 def add_model_args(p):
     g = p.add_argument_group("model")
-    g.add_argument("--model", choices=MODEL_NAMES, default="bisenet")
+    g.add_argument("--model", choices=MODEL_NAMES, default="bisenet",
+                   help="segmentation network: BiSeNet, DeepLabV2 or STDC-Seg")
     g.add_argument("--backbone", choices=sorted({b for v in BACKBONES.values() for b in v}),
                    default=None, help="bisenet: resnet18 (default) or resnet101; "
                                       "deeplabv2: resnet101; stdc: stdc1 (default) or stdc2")
@@ -173,17 +141,22 @@ def add_model_args(p):
 
 def add_optim_args(p):
     g = p.add_argument_group("optimisation")
-    g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd")
+    g.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                   help="SGD with momentum (the papers') or Adam")
     g.add_argument("--lr", type=non_negative_float, default=None,
                    help="default: " + ", ".join(f"{m} {d['lr']}" for m, d in
                                                 MODEL_DEFAULTS.items()))
-    g.add_argument("--momentum", type=probability, default=0.9)
+    g.add_argument("--momentum", type=probability, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=non_negative_float, default=None,
                    help="default: " + ", ".join(f"{m} {d['weight_decay']}" for m, d in
                                                 MODEL_DEFAULTS.items()))
-    g.add_argument("--adam-betas", type=probability, nargs=2, default=(0.9, 0.99))
-    g.add_argument("--loss", choices=("ce", "focal", "weighted-ce"), default="ce")
-    g.add_argument("--focal-gamma", type=non_negative_float, default=2.0)
+    g.add_argument("--adam-betas", type=probability, nargs=2, default=(0.9, 0.99),
+                   metavar=("B1", "B2"), help="Adam's running-average coefficients")
+    g.add_argument("--loss", choices=("ce", "focal", "weighted-ce"), default="ce",
+                   help="supervised loss: cross-entropy, focal, or cross-entropy with class "
+                        "weights from the source's label frequencies")
+    g.add_argument("--focal-gamma", type=non_negative_float, default=2.0,
+                   help="focusing exponent of --loss focal")
     g.add_argument("--epochs", type=positive_int, default=None,
                    help=f"default {DEFAULT_EPOCHS} (the course project's), "
                         f"{DEMO_SETTINGS['epochs']} with --demo")
@@ -205,6 +178,10 @@ def add_run_args(p, default_out):
                         f"with --resume the checkpoint's folder)")
     p.set_defaults(default_out=default_out)
     g.add_argument("--resume", help="continue a run from its last.pth")
+    g.add_argument("--dry-run", action="store_true",
+                   help="build the run (data, networks, optimisers), check every data file and "
+                        "a sample of the labels, print the plan (images per split, label "
+                        "coverage, iterations) and exit without creating or writing --out")
     g.add_argument("--stop-after", type=positive_int, metavar="EPOCHS",
                    help="end this session after that many epochs in total (resume later); "
                         "for time-limited Colab/Kaggle sessions")
@@ -220,11 +197,17 @@ def add_run_args(p, default_out):
     g.add_argument("--tensorboard", action="store_true",
                    help="also write metrics.jsonl's numbers to a TensorBoard event file in the "
                         "run folder (needs the tensorboard package)")
-    g.add_argument("--seed", type=non_negative_int, default=42)
+    g.add_argument("--seed", type=non_negative_int, default=42,
+                   help="seed of every random draw (initial weights, data order, "
+                        "augmentations); each torchrun process adds its rank")
     add_device_arg(g)
-    g.add_argument("--amp", action="store_true", help="mixed precision on CUDA (bf16, or "
-                                                      "fp16 with loss scaling)")
-    g.add_argument("--channels-last", action="store_true")
+    g.add_argument("--amp", action="store_true",
+                   help="mixed precision: bf16 on GPUs and CPUs that have it (lscpu: "
+                        "avx512_bf16/amx_bf16), fp16 with loss scaling on older GPUs (default off)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="networks and their inputs in channels_last (NHWC) memory layout, or "
+                        "not; default: channels_last except where measured slower for that "
+                        "network and device (core/precision.py, docs/benchmarks.md)")
     g.add_argument("--sync-bn", action="store_true",
                    help="under torchrun: BatchNorm statistics over all processes' batches")
     g.add_argument("--demo", action="store_true",
@@ -243,12 +226,13 @@ def add_inference_args(parser, batch_size=1, workers=2, size_help=None):
                    help=size_help or "working size the images are fed at (default: the "
                                      "size stored in each checkpoint)")
     g.add_argument("--batch-size", type=positive_int, default=batch_size,
-                   help=f"images per forward pass (default {batch_size})")
+                   help="images per forward pass")
     g.add_argument("--workers", type=non_negative_int, default=workers,
-                   help=f"image-loading processes, 0 = the main process (default {workers})")
+                   help="image-loading processes, 0 = the main process")
     g.add_argument("--amp", action="store_true",
-                   help="mixed precision on CUDA, bf16 else fp16 (default off; no effect on "
-                        "CPU)")
+                   help="mixed precision: bf16 on GPUs and CPUs that have it (lscpu: "
+                        "avx512_bf16/amx_bf16), else fp16 on GPUs; no effect on other CPUs "
+                        "(default off)")
     add_device_arg(g)
     return g
 
@@ -389,10 +373,11 @@ def one_line(error):
 
 
 def entry(main, parse_args):
-    """Run a script's main: the project's own errors end with `error: <message>` (exit 1),
-    anything else keeps its traceback (a bug must be visible)."""
+    """Run a script's main: the project's own errors and a permission denied (naming the file)
+    end with `error: <message>` (exit 1); anything else keeps its traceback (a bug must be
+    visible)."""
     args = parse_args()
     try:
         main(args)
-    except SegDAError as e:
+    except (SegDAError, PermissionError) as e:
         sys.exit(f"error: {one_line(e)}")

@@ -10,8 +10,10 @@ Every item is a dict:
 Pipeline of one item (core/decoding.py): decode (Pillow) -> resize to `size` (image
 bilinear, label nearest, each on its own) -> map label values to train ids with one lookup
 table -> `transform`, drawing from a generator seeded per sample (core/sampling.py).
-File existence is checked once at construction (a directory listing, cheap even for 25k
-files); sizes and decodability are checked when an item is loaded.
+File existence and pairing are checked once at construction (a directory listing, cheap
+even for 25k files): images of any suffix in IMAGE_SUFFIXES, labels of a lossless one; an
+image without its label, or a label without its image, is an error naming them (never
+dropped). Sizes and decodability are checked when an item is loaded.
 """
 import contextlib
 import json
@@ -22,6 +24,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from core.decoding import (
+    IMAGE_SUFFIXES,
     TRAINID_LUT,
     check_size,
     image_tensor,
@@ -30,6 +33,7 @@ from core.decoding import (
 )
 from core.errors import DataError, MissingDataError
 from core.labels import ID_TO_TRAINID, make_id_lut
+from core.listing import ANY_SUFFIX, list_files, named, refuse_lossy
 
 PSEUDO_HINT = "make them with `python gen_pseudo.py CKPT --out DIR`"
 
@@ -68,7 +72,8 @@ class _SegmentationFiles(Dataset):
         if self.labelled:
             label_path = self.label_paths[index]
             # A label may differ in size from its image (a few real GTA5 frames do): both are
-            # resized to the working size independently, as the reference loaders do.
+            # resized to the working size independently, as the reference loaders do (one of
+            # another aspect ratio is refused at start: core.datacheck).
             label = label_tensor(open_image(label_path), self.size, self._lut(index), label_path)
         return image_tensor(image, self.size), label
 
@@ -80,12 +85,8 @@ class _SegmentationFiles(Dataset):
             image, label = self.prepared.load(self.names[index])
         else:
             image, label = self.decode(index)
-        if self.transform is not None:
-            image, label = self.transform(image, label, generator=generator)
-        item = {"image": image, "name": self.names[index]}
-        if label is not None:
-            item["label"] = label
-        return item
+        return _augmented({"image": image, "name": self.names[index]}, label, self.transform,
+                          generator)
 
     def verify_readable(self):
         """Open every file's header (no decoding): a zero-byte or foreign file fails here, at
@@ -93,19 +94,6 @@ class _SegmentationFiles(Dataset):
         for path in [*self.image_paths, *(p for p in self.label_paths if p is not None)]:
             with _header(path):
                 pass
-
-    def size_mismatches(self):
-        """Names whose label is not the size of its image (file headers only, no decoding)."""
-        if not self.labelled:
-            return []
-        out = []
-        for name, image_path, label_path in zip(self.names, self.image_paths, self.label_paths,
-                                                strict=True):
-            with _header(image_path) as im, _header(label_path) as lab:
-                if im.size != lab.size:
-                    out.append(f"{name} (image {im.size[0]}x{im.size[1]}, label "
-                               f"{lab.size[0]}x{lab.size[1]})")
-        return out
 
     def __repr__(self):
         return (f"{type(self).__name__}(root={str(self.root)!r}, split={self.split!r}, "
@@ -133,7 +121,8 @@ def _require_dir(path, what):
 class Cityscapes(_SegmentationFiles):
     """Cityscapes, official or course layout, label flavour detected per file.
 
-    Layouts (checked in this order; `root` may be either course folder):
+    Layouts (checked in this order; `root` may be either course folder; images may be
+    .png, .jpg, ... (IMAGE_SUFFIXES), labels .png, .bmp or .tif):
         root/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png          official
         root/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png
         root/Cityspaces/images/<split>/<city>/<stem>_leftImg8bit.png    course, root = Cityscapes
@@ -152,28 +141,42 @@ class Cityscapes(_SegmentationFiles):
         _require_dir(self.root, "Cityscapes root")
         image_dir, label_dir = self._find_layout()
 
-        self.image_paths = sorted(image_dir.glob("*/*_leftImg8bit.png"))
-        if not self.image_paths:
+        images = list_files(image_dir, "*/*", "_leftImg8bit")
+        if not images:
             raise MissingDataError(f"no Cityscapes images found: expected "
-                                    f"{image_dir}/<city>/*_leftImg8bit.png")
-        stems = [p.name[: -len("_leftImg8bit.png")] for p in self.image_paths]
-        self.names = [f"{p.parent.name}/{s}" for p, s in zip(self.image_paths, stems, strict=True)]
-
+                                    f"{image_dir}/<city>/*_leftImg8bit.png {ANY_SUFFIX}")
+        self.names = sorted(images)              # '<city>/<stem>'
+        self.image_paths = [images[n] for n in self.names]
         self.label_paths = [None] * len(self.names)
         self._train_ids = [False] * len(self.names)  # True: file holds train ids already
         if labelled:
-            _require_dir(label_dir, f"Cityscapes labels for split {split!r} (labelled=True)")
-            present = {p.relative_to(label_dir).as_posix() for p in label_dir.glob("*/*.png")}
-            for i, name in enumerate(self.names):
-                ids, train_ids = f"{name}_gtFine_labelIds.png", f"{name}_gtFine_labelTrainIds.png"
-                if ids in present:
-                    self.label_paths[i] = label_dir / ids
-                elif train_ids in present:
-                    self.label_paths[i], self._train_ids[i] = label_dir / train_ids, True
-                else:
-                    raise MissingDataError(
-                        f"no label for image {self.image_paths[i]}: expected {label_dir / ids} "
-                        f"(or {train_ids}); pass labelled=False to load images only")
+            self._pair_labels(images, image_dir, label_dir)
+
+    def _pair_labels(self, images, image_dir, label_dir):
+        """Each image's label, `_gtFine_labelIds` before `_gtFine_labelTrainIds`; an image
+        without a label, or a label without an image, is an error naming them."""
+        _require_dir(label_dir, f"Cityscapes labels for split {self.split!r} (labelled=True)")
+        ids = list_files(label_dir, "*/*", "_gtFine_labelIds")
+        train_ids = list_files(label_dir, "*/*", "_gtFine_labelTrainIds")
+        refuse_lossy({**ids, **train_ids})
+        for i, name in enumerate(self.names):
+            if name in ids:
+                self.label_paths[i] = ids[name]
+            elif name in train_ids:
+                self.label_paths[i], self._train_ids[i] = train_ids[name], True
+        unlabelled = [n for n, p in zip(self.names, self.label_paths, strict=True) if p is None]
+        if unlabelled:
+            raise MissingDataError(
+                f"{len(unlabelled)} Cityscapes image(s) have no label: "
+                f"{named([images[n] for n in unlabelled])}; expected "
+                f"{label_dir / unlabelled[0]}_gtFine_labelIds.png (or _gtFine_labelTrainIds); "
+                f"pass labelled=False to load images only")
+        orphans = sorted(n for n in {**ids, **train_ids} if n not in images)
+        if orphans:
+            raise MissingDataError(
+                f"{len(orphans)} Cityscapes label(s) have no image: "
+                f"{named([ids.get(n) or train_ids[n] for n in orphans])}; expected "
+                f"{image_dir / orphans[0]}_leftImg8bit.png {ANY_SUFFIX}")
 
     def _find_layout(self):
         r, s = self.root, self.split
@@ -197,13 +200,14 @@ class Cityscapes(_SegmentationFiles):
 # --------------------------------------------------------------------------- GTA5
 
 def _read_split_list(path):
-    """Names in a list file, one a line: 'images/00001.png', '00001.png' and '00001' all work."""
+    """Names in a list file, one a line: 'images/00001.png', '00001.jpg' and '00001' all work."""
     names = []
     for line in Path(path).read_text().splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             name = line.replace("\\", "/").rsplit("/", 1)[-1]
-            names.append(name[:-4] if name.lower().endswith(".png") else name)
+            stem, dot, suffix = name.rpartition(".")
+            names.append(stem if dot and f".{suffix.lower()}" in IMAGE_SUFFIXES else name)
     if not names:
         raise DataError(f"split list {path} names no images (expected one name per line)")
     return names
@@ -224,7 +228,8 @@ def load_label_mapping(path):
 
 
 class GTA5(_SegmentationFiles):
-    """GTA5: root/images/<name>.png and root/labels/<name>.png.
+    """GTA5: root/images/<name>.png and root/labels/<name>.png (images may be .jpg, ...:
+    IMAGE_SUFFIXES; labels .png, .bmp or .tif).
 
     split: None (every image), a path to a list file, or the name of a list in root
     ('train' -> root/train.txt). Each label's encoding is detected per file: palette PNG whose
@@ -242,32 +247,44 @@ class GTA5(_SegmentationFiles):
         _require_dir(self.root, "GTA5 root")
         image_dir, label_dir = self.root / "images", self.root / "labels"
         _require_dir(image_dir, f"GTA5 image folder (expected {self.root}/images/*.png)")
-        available = {p.stem for p in image_dir.glob("*.png")}
+        images = list_files(image_dir, "*")
 
         if split is None:
-            self.names = sorted(available)
+            self.names = sorted(images)
             if not self.names:
-                raise MissingDataError(f"no GTA5 images found: expected {image_dir}/*.png")
+                raise MissingDataError(f"no GTA5 images found: expected {image_dir}/*.png "
+                                        f"{ANY_SUFFIX}")
         else:
             list_file = self._find_list(split)
             self.names = _read_split_list(list_file)
-            missing = [n for n in self.names if n not in available]
+            missing = [n for n in self.names if n not in images]
             if missing:
                 raise MissingDataError(f"split list {list_file} names {len(missing)} image(s) "
-                                        f"not in {image_dir}, e.g. {image_dir / missing[0]}.png")
-        self.image_paths = [image_dir / f"{n}.png" for n in self.names]
-
+                                        f"not in {image_dir}, e.g. {image_dir / missing[0]}.png "
+                                        f"{ANY_SUFFIX}")
+        self.image_paths = [images[n] for n in self.names]
         self.label_paths = [None] * len(self.names)
         if labelled:
-            _require_dir(label_dir, f"GTA5 label folder (expected {self.root}/labels/*.png; "
-                                    f"pass labelled=False to load images only)")
-            have = {p.stem for p in label_dir.glob("*.png")}
-            missing = [n for n in self.names if n not in have]
-            if missing:
-                raise MissingDataError(f"{len(missing)} GTA5 image(s) have no label, e.g. "
-                                        f"{self.image_paths[self.names.index(missing[0])]}: "
-                                        f"expected {label_dir / missing[0]}.png")
-            self.label_paths = [label_dir / f"{n}.png" for n in self.names]
+            self._pair_labels(images, label_dir)
+
+    def _pair_labels(self, images, label_dir):
+        """labels/<name>.png of each image; an image without a label is an error naming it,
+        and so is a label without an image when the folder is the split (no list)."""
+        _require_dir(label_dir, f"GTA5 label folder (expected {self.root}/labels/*.png; "
+                                f"pass labelled=False to load images only)")
+        labels = list_files(label_dir, "*")
+        refuse_lossy(labels)
+        unlabelled = [n for n in self.names if n not in labels]
+        if unlabelled:
+            raise MissingDataError(f"{len(unlabelled)} GTA5 image(s) have no label: "
+                                    f"{named([images[n] for n in unlabelled])}; expected "
+                                    f"{label_dir / unlabelled[0]}.png")
+        orphans = sorted(n for n in labels if n not in images) if self.split is None else []
+        if orphans:
+            raise MissingDataError(f"{len(orphans)} GTA5 label(s) have no image: "
+                                    f"{named([labels[n] for n in orphans])}; expected "
+                                    f"{self.root / 'images' / orphans[0]}.png {ANY_SUFFIX}")
+        self.label_paths = [labels[n] for n in self.names]
 
     def _find_list(self, split):
         for candidate in (Path(split), self.root / f"{split}.txt", self.root / str(split)):
@@ -327,9 +344,21 @@ class PseudoLabelDataset(Dataset):
         label_im = open_image(path)
         _check_same_aspect(label_im.size, image.shape[-1], image.shape[-2], path)
         label = label_tensor(label_im, tuple(image.shape[-2:]), TRAINID_LUT, path)
-        if self.transform is not None:
-            image, label = self.transform(image, label, generator=generator)
-        return {"image": image, "label": label, "name": name}
+        return _augmented({"image": image, "name": name}, label, self.transform, generator)
+
+
+def _augmented(item, label, transform, generator):
+    """The item after the workers' part of the augmentation (core.transforms.JointAugment.split):
+    geometric ops applied; the photometric parameters, if any, ride along as "photometric" to
+    be applied batched on the device (core.runtime.Run.to_device)."""
+    params = None
+    if transform is not None:
+        item["image"], label, params = transform.split(item["image"], label, generator)
+    if label is not None:
+        item["label"] = label
+    if params is not None:
+        item["photometric"] = params
+    return item
 
 
 def _check_same_aspect(label_wh, width, height, path):

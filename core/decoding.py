@@ -1,7 +1,9 @@
 """Decoding one image or label file into tensors, with errors that name the file.
 
-    image  uint8 tensor 3 x H x W, RGB 0-255 (bilinear resize, antialiased when shrinking)
-    label  uint8 tensor H x W of train ids, 255 = ignore (nearest resize, then one lookup)
+    image  uint8 tensor 3 x H x W, RGB 0-255 (bilinear resize, antialiased when shrinking);
+           any file Pillow reads (IMAGE_SUFFIXES); 16-bit greyscale scaled to 8 bits
+    label  uint8 tensor H x W of train ids, 255 = ignore (nearest resize, then one lookup);
+           lossless files only (LABEL_SUFFIXES); 16-bit labels hold ids, kept as ids
 
 A label's encoding is read from its PIL mode: palette or single-channel ids are mapped
 through a 256-entry table, RGB colours through the Cityscapes colours. Ids that no table
@@ -26,6 +28,12 @@ from core.labels import (
 # Train-id label files are used as they are, except that anything outside 0..18 becomes ignore.
 TRAINID_LUT = make_id_lut((i, i) for i in range(NUM_CLASSES))
 
+# Photos: every common format Pillow reads. Labels: lossless formats only (a JPEG or WebP
+# label would hold blurred ids at every class border).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+LABEL_SUFFIXES = (".png", ".bmp", ".tif", ".tiff")
+# Pillow's modes of 16-bit greyscale files (PNG, TIFF); "I" too: older Pillows read them so.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
 # --------------------------------------------------------------------------- decoding
@@ -53,6 +61,8 @@ def check_size(size):
 
 def image_tensor(im, size):
     """PIL image -> uint8 3 x H x W tensor, bilinear-resized to size = (H, W) if given."""
+    if im.mode in SIXTEEN_BIT_MODES:
+        im = _to_8_bits(im)
     if im.mode != "RGB":
         im = im.convert("RGB")  # RGBA / greyscale / palette photos
     if size is not None and im.size != (size[1], size[0]):
@@ -61,6 +71,14 @@ def image_tensor(im, size):
     # The transpose to channels-first needs one copy anyway; that copy is also what makes the
     # array writable (np.asarray on a PIL image is a read-only view of its bytes).
     return torch.from_numpy(np.ascontiguousarray(np.asarray(im).transpose(2, 0, 1)))
+
+
+def _to_8_bits(im):
+    """16-bit greyscale -> 8 bits by its high byte, as Pillow itself reads 16-bit RGB files
+    (Pillow's own convert would clip everything above 255 to white). A value v saved as v * 257
+    or v << 8 comes back as v: the same tensor as the 8-bit file."""
+    values = np.asarray(im).astype(np.int64) >> 8
+    return Image.fromarray(np.clip(values, 0, 255).astype(np.uint8))   # mode L
 
 
 def label_tensor(im, size, lut, path):
@@ -106,7 +124,7 @@ def _warn_unknown_ids(ids, lut, path):
         inside = (flat >= 0) & (flat < 256)
         outside, flat = int((~inside).sum()), flat[inside]
     counts = np.bincount(flat, minlength=256)
-    unknown = np.flatnonzero(counts * ((lut == IGNORE_INDEX) & UNEXPECTED_IDS))
+    unknown = np.flatnonzero(counts * unknown_id_mask(lut))
     if unknown.size or outside:
         shown = ", ".join(str(int(i)) for i in unknown[:8]) or "outside 0..255"
         warnings.warn(f"label file {path} holds {int(counts[unknown].sum()) + outside:,} pixels "
@@ -119,6 +137,12 @@ def _warn_unknown_ids(ids, lut, path):
 UNEXPECTED_IDS = np.ones(256, dtype=bool)
 UNEXPECTED_IDS[:34] = False
 UNEXPECTED_IDS[IGNORE_INDEX] = False
+
+
+def unknown_id_mask(lut):
+    """Which of the ids 0..255 no table names: `lut` maps them to ignore, and they are not
+    Cityscapes void ids (ids outside 0..255 are unknown too)."""
+    return (lut == IGNORE_INDEX) & UNEXPECTED_IDS
 
 
 def read_label(path, size=None, lut=ID_TO_TRAINID):

@@ -4,8 +4,6 @@ Protocol (the official UDA code's): images are fed at the model's working size, 
 upsampled bilinearly to the label's size, and the confusion matrix is accumulated over the
 whole set. Both sizes are reported with every result, since published numbers move with them.
 """
-import contextlib
-import functools
 from pathlib import Path
 
 import torch
@@ -16,6 +14,7 @@ from core.errors import CheckpointError, ConfigError, DataError
 from core.labels import NUM_CLASSES
 from core.metrics import ConfusionMatrix
 from core.models import build_model, model_options
+from core.precision import amp_dtype, set_memory_format
 from core.transforms import normalize, resize_images
 
 
@@ -66,15 +65,6 @@ def ensemble_paths(first, others=()):
     return list(paths.values())
 
 
-def inference_autocast(device, amp):
-    """--amp of the inference scripts, as a context factory: autocast on CUDA (bf16 where the
-    GPU has it, else fp16; logits are upsampled and soft-maxed in fp32), nothing on CPU."""
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return functools.partial(torch.autocast, "cuda", dtype=dtype)
-
-
 @torch.inference_mode()
 def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress=None):
     """Confusion matrix of the (ensembled) prediction over a labelled loader, all ranks summed.
@@ -111,10 +101,11 @@ def validate(run, model, loader, size):
     return result
 
 
-def load_model(path, device, size=None, net="model"):
+def load_model(path, device, size=None, net="model", amp=False):
     """(model in eval mode, its working size, stored args) rebuilt from a checkpoint, with the
     architecture options it records (those it predates: the values it was trained with).
-    net="teacher": the teacher of a train_mpl.py run (its args' teacher_model, ...)."""
+    net="teacher": the teacher of a train_mpl.py run (its args' teacher_model, ...). `amp`:
+    the --amp it will run under, which decides its memory layout (core.precision)."""
     state = load_checkpoint(path)
     stored = state["args"]
     if net == "teacher":
@@ -128,4 +119,5 @@ def load_model(path, device, size=None, net="model"):
     model = build_model(name, NUM_CLASSES, backbone, pretrained="none", **options)
     load_weights(model, state[net], path, what=net)
     working_size = tuple(size or stored.get("val_size") or stored.get("target_size"))
-    return model.to(device).eval(), working_size, stored
+    model = set_memory_format(model.to(device), device, amp_dtype(device, amp))
+    return model.eval(), working_size, stored

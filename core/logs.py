@@ -2,19 +2,22 @@
 
 metrics.jsonl holds one JSON object per line: a first line with the arguments, seed, git
 commit, torch version and device, then one line per epoch (losses, LR, val mIoU, pixel
-accuracy, seconds), and events such as resumes. NaN is written as null (valid JSON).
+accuracy, seconds), and events such as resumes. Every JSON the project writes goes through
+`json_text` (strict JSON: NaN and infinities as null); a last line cut short by a kill is
+dropped on resume (`RunLog.repair`) and skipped when read (`read_jsonl`).
 Optionally (`RunLog(..., tensorboard=True)`) the lines that carry an iteration are mirrored
 to a TensorBoard event file in the run folder.
 """
 import json
 import math
+import os
 import subprocess
 import time
 from pathlib import Path
 
 import torch
 
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 
 TENSORBOARD_MISSING = ("--tensorboard needs the tensorboard package: pip install tensorboard "
                        "(or -r requirements-extras.txt)")
@@ -45,18 +48,52 @@ def tensorboard_scalars(record):
 
 
 def _plain(value):
-    """JSON-safe: NaN/inf -> None, tensors and numpy scalars -> float, Paths -> str."""
+    """JSON-safe: NaN/inf -> None, tensors and numpy values -> numbers (lists), Paths -> str."""
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "item") and not isinstance(value, str):
-        value = value.item()
+    if hasattr(value, "tolist") and not isinstance(value, str):   # tensors, numpy
+        return _plain(value.tolist())
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def json_text(obj, indent=None, sort_keys=False):
+    """`obj` as strict JSON (RFC 8259; NaN and infinities become null): the one way the project
+    writes JSON, so that every JSON parser reads what it writes."""
+    return json.dumps(_plain(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
+def write_json(path, obj):
+    """`obj` as strict JSON in `path` (its folder made if missing), through a temp file and a
+    rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json_text(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def read_jsonl(path):
+    """The records of a JSON-lines file such as metrics.jsonl. A last line without its newline
+    that is not JSON was cut by a kill mid-write: it is left out. Any other line that is not
+    JSON is a DataError naming the file and the line."""
+    lines = Path(path).read_text(errors="replace").split("\n")
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):        # no newline after it: cut short by a kill
+                break
+            raise DataError(f"{path}, line {number}: not a JSON line ({e.msg})") from None
+    return records
 
 
 def git_commit():
@@ -117,7 +154,7 @@ class RunLog:
     def write(self, record):
         if self.enabled:
             with open(self.path, "a") as f:
-                f.write(json.dumps(_plain(record), allow_nan=False) + "\n")
+                f.write(json_text(record) + "\n")
             if self.tensorboard and record.get("iteration") is not None:
                 self._mirror(record)
 
@@ -136,9 +173,26 @@ class RunLog:
             self._writer = None
 
     def records(self):
-        if not self.path.is_file():
-            return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+        return read_jsonl(self.path) if self.path.is_file() else []
+
+    def repair(self):
+        """A kill mid-write can leave the last line cut short (no newline at its end): drop it,
+        or end it where it is whole JSON, so that the next record starts a line of its own."""
+        if not self.enabled or not self.path.is_file():
+            return
+        data = self.path.read_bytes()
+        if not data or data.endswith(b"\n"):
+            return
+        start = data.rfind(b"\n") + 1
+        try:
+            json.loads(data[start:])
+        except ValueError:          # JSONDecodeError, or bytes cut inside a UTF-8 character
+            os.truncate(self.path, start)
+            print(f"note: dropped the last line of {self.path}, cut short by a kill",
+                  flush=True)
+        else:
+            with open(self.path, "ab") as f:
+                f.write(b"\n")
 
     def ensure_epoch(self, record):
         """Append an epoch's line unless the file has it (a kill came after its checkpoint).
@@ -189,6 +243,18 @@ class Timer:
 
     def seconds(self):
         return round(time.perf_counter() - self.t0, 2)
+
+
+def print_stopped(args, script, time_limit_hit):
+    """The line a session stopped by a limit ends with: which limit, and how to continue."""
+    if time_limit_hit:
+        limit = f"--time-limit {args.time_limit}"
+    elif args.stop_after and args.stop_after < args.epochs:
+        limit = f"--stop-after {args.stop_after} (of {args.epochs} epochs)"
+    else:
+        return
+    print(f"this session stopped at {limit}; continue the run with: python {script}.py "
+          f"--resume {Path(args.out) / 'last.pth'}", flush=True)
 
 
 def print_epoch(record):

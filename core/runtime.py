@@ -43,10 +43,15 @@ from core.checkpoint import (
     set_rng_state,
     unwrap,
 )
-from core.errors import CheckpointError, ConfigError, NonFiniteLossError, RunFolderError
+from core.datacheck import check_datasets, print_plan
+from core.distributed import broadcast_buffers, init_distributed, mean_over_processes
+from core.errors import CheckpointError, ConfigError, NonFiniteLossError
 from core.evaluation import select_device
-from core.logs import LossMeter, RunLog, Timer, git_commit, print_epoch
+from core.logs import LossMeter, RunLog, Timer, git_commit, print_epoch, print_stopped
+from core.outputs import check_run_folder
+from core.precision import amp_dtype, set_memory_format
 from core.sampling import LoadTimer, Stream, make_loader
+from core.transforms import apply_photometric
 
 # An epoch whose mean loss passes this has diverged (cross-entropy over 19 classes starts
 # near ln 19 = 2.9): it is never saved as best.pth, and the run stops.
@@ -61,7 +66,7 @@ class Run:
 
     def __init__(self, args, script):
         self.args, self.script = args, script
-        self.rank, self.world_size, self.local_rank = self._init_distributed(args)
+        self.rank, self.world_size, self.local_rank = init_distributed(args.device)
         self.is_main = self.rank == 0
         self.device = select_device(args.device, self.local_rank)
         if getattr(args, "sync_bn", False) and self.device.type != "cuda":
@@ -70,11 +75,9 @@ class Run:
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
             torch.backends.cudnn.benchmark = True  # fixed working sizes: pick fast kernels
-        # AMP: bf16 where the GPU has it (no loss scaling needed), else fp16 with a grad
-        # scaler; on CPU full precision. A disabled scaler passes everything through.
-        self.amp_dtype = None
-        if args.amp and self.device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        # --amp: bf16 where the GPU or CPU has it (no loss scaling needed), else fp16 with a
+        # grad scaler on CUDA. A disabled scaler passes everything through.
+        self.amp_dtype = amp_dtype(self.device, args.amp)
         self.scaler = torch.amp.GradScaler(self.device.type,
                                            enabled=self.amp_dtype == torch.float16)
         self.out = Path(args.out)
@@ -87,15 +90,6 @@ class Run:
         if getattr(args, "demo", False):
             self._make_demo()
         seed_everything(args.seed + self.rank)
-
-    @staticmethod
-    def _init_distributed(args):
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        if world_size == 1:
-            return 0, 1, 0
-        backend = "nccl" if torch.cuda.is_available() and args.device != "cpu" else "gloo"
-        dist.init_process_group(backend)
-        return dist.get_rank(), world_size, int(os.environ.get("LOCAL_RANK", "0"))
 
     def _make_demo(self):
         """--demo: the built-in pair, generated (rank 0) the first time a run needs it."""
@@ -124,24 +118,18 @@ class Run:
                            workers=self.args.workers, rank=self.rank,
                            world_size=self.world_size, pin_memory=self.device.type == "cuda")
 
-    def check_data(self, train_set, val_set):
-        """Before the first step: every validation file must open (a broken one would surface
-        only after an epoch of training), and labels not the size of their image are named."""
-        if not self.is_main:
-            return
-        val_set.verify_readable()
-        mismatched = train_set.size_mismatches()
-        if mismatched:
-            print(f"note: {len(mismatched)} label(s) of {train_set.root} differ in size from "
-                  f"their image; both are resized to the working size independently: "
-                  + ", ".join(mismatched[:10]) + (" ..." if len(mismatched) > 10 else ""),
-                  flush=True)
+    def check_data(self, train_set, val_set, target_set=None):
+        """Before the first step (rank 0): every file opens, labels have their image's shape
+        and classes to learn (core.datacheck; --dry-run prints what it found)."""
+        if self.is_main:
+            check_datasets({"source": train_set, "target": target_set, "val": val_set},
+                           dry_run=getattr(self.args, "dry_run", False))
 
     def place(self, module, ddp=True):
-        """Move to the device (channels_last if asked); wrap in DDP when distributed."""
-        module = module.to(self.device)
-        if self.args.channels_last:
-            module = module.to(memory_format=torch.channels_last)
+        """Move to the device, in channels_last where that is faster (--channels-last,
+        core.precision); wrap in DDP when distributed."""
+        module = set_memory_format(module.to(self.device), self.device, self.amp_dtype,
+                                   self.args.channels_last)
         if ddp and self.world_size > 1:
             frozen = getattr(self.args, "deeplab_bn", "frozen") == "frozen"
             if getattr(self.args, "sync_bn", False) and not (self.args.model == "deeplabv2"
@@ -158,8 +146,8 @@ class Run:
         if self.loading:
             self.loading.take(batch)
         batch["image"] = batch["image"].to(self.device, non_blocking=True)
-        if self.args.channels_last:
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+        if "photometric" in batch:   # --aug jitter/blur: drawn in the workers, applied here
+            batch["image"] = apply_photometric(batch["image"], batch.pop("photometric"))
         if "label" in batch:
             batch["label"] = batch["label"].to(self.device, non_blocking=True).long()
         return batch
@@ -170,12 +158,23 @@ class Run:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
-    def backward(self, loss, it):
+    # Logged loss name -> flag of the learning rate that moves it, as backward was told;
+    # names not in it: --lr. (Replaced, never changed in place: a class-level default.)
+    _lr_flags = {}
+
+    def backward(self, loss, it, name="loss", lr_flag="--lr", logged=None):
         """Gradients of `loss` (scaled under fp16 AMP). A NaN/inf loss stops the run here,
-        before it reaches the weights and so any checkpoint."""
+        before it reaches the weights and so any checkpoint, naming the loss (`name`) and
+        `lr_flag`, the flag of the learning rate of the network it trains. `logged`: the
+        names its terms are logged under (default `name`): an epoch mean of theirs that
+        explodes (_check_divergence) names `lr_flag` too."""
+        for key in (name,) if logged is None else logged:
+            if self._lr_flags.get(key) != lr_flag:
+                self._lr_flags = {**self._lr_flags, key: lr_flag}
         if not torch.isfinite(loss.detach()).all():
-            raise NonFiniteLossError(f"loss is {loss.item()} at iteration {it}; stopping "
-                                     f"without saving; {self._last_good()} (try a lower --lr)")
+            raise NonFiniteLossError(f"{name} is {loss.item()} at iteration {it}; stopping "
+                                     f"without saving; {self._last_good()} (try a lower "
+                                     f"{lr_flag})")
         self.scaler.scale(loss).backward()
 
     def step(self, *optimizers):
@@ -197,8 +196,15 @@ class Run:
         schedulers, streams), the RNGs and the running losses. Returns (start, stop): the
         iteration to continue from and the one this session ends at (--epochs, --stop-after).
 
-        `parts` maps checkpoint keys to objects with state_dict/load_state_dict."""
+        `parts` maps checkpoint keys to objects with state_dict/load_state_dict. --dry-run:
+        all is built and checked by now: print the plan, exit 0 before --out is touched."""
         self.parts, self.iters_per_epoch = parts, iters_per_epoch
+        if getattr(self.args, "dry_run", False):
+            if self.is_main:
+                print_plan(self.args, self.script, iters_per_epoch)
+            if self.world_size > 1:
+                dist.destroy_process_group()
+            raise SystemExit(0)
         self.open_folder()
         start, self.best_miou, self.meter = 0, -1.0, LossMeter()
         if self.args.resume:
@@ -208,7 +214,8 @@ class Run:
         self._deadline = None if limit is None else time.monotonic() + 60 * limit
         self._last_step, self._slowest, self._stop = time.monotonic(), 0.0, False
         self._timer = Timer()
-        return start, epochs * iters_per_epoch
+        self._end = epochs * iters_per_epoch
+        return start, self._end
 
     def _restore(self, path):
         """Load a checkpoint's states into the parts; returns its iteration. (Its script and
@@ -254,7 +261,7 @@ class Run:
         epoch's line, best.pth on a new best and last.pth; mid-epoch, last.pth every
         --save-every iterations or just before --time-limit. Returns True when this session
         must stop (--time-limit), after saving. `values`: the LRs and such, logged as given."""
-        done = it + 1
+        self._done = done = it + 1
         self.meter.add(**losses)
         if self.loading:
             self.loading.iterations += 1
@@ -296,7 +303,8 @@ class Run:
             if not math.isfinite(value) or abs(value) > DIVERGED_LOSS:
                 raise NonFiniteLossError(f"mean {name} of epoch {epoch} is {value:.4g}: the "
                                          f"run diverged; stopping without saving; "
-                                         f"{self._last_good()} (try a lower --lr)")
+                                         f"{self._last_good()} (try a lower "
+                                         f"{self._lr_flags.get(name, '--lr')})")
         return losses
 
     def _save(self, done, record=None, is_best=False):
@@ -331,18 +339,16 @@ class Run:
 
     # -- the run folder ------------------------------------------------------------------
     def open_folder(self):
-        """Lock --out for this run, check it holds no other run, and start (or continue) the
-        log. Rank 0 only; the other ranks wait."""
+        """Check that --out holds no other run (core.outputs), lock it for this run, and start
+        (or continue: a line cut by a kill dropped) the log. Rank 0 only; the others wait."""
         if self.is_main:
+            check_run_folder(self.out, self.script, resume=bool(self.args.resume))
             self.out.mkdir(parents=True, exist_ok=True)
             self._lock = lock_folder(self.out)
             remove_orphaned_temp_files(self.out)
-            if not self.args.resume and (self.out / "last.pth").exists():
-                raise RunFolderError(
-                    f"{self.out} already holds a run (last.pth); continue it with --resume "
-                    f"{self.out / 'last.pth'} or choose another --out")
             check_free_space(self.out)
             if self.args.resume:
+                self.log.repair()
                 self.log.write({"event": "resume", "from": str(self.args.resume)})
             else:
                 self.log.start({"event": "start", "script": self.script,
@@ -360,30 +366,24 @@ class Run:
 
     # -- processes -----------------------------------------------------------------------
     def sync_buffers(self, module):
-        """Give every rank rank 0's BatchNorm statistics before validating.
-
-        DDP broadcasts buffers from rank 0 at the start of each training forward, and each
-        rank then updates its copy with its own batch: after the last step the ranks hold
-        different running statistics, and rank 0's are the ones saved. Validation must score
-        the saved network on every rank.
-        """
+        """Every rank takes rank 0's BatchNorm statistics (core.distributed)."""
         if self.world_size > 1:
-            for buffer in unwrap(module).buffers():
-                dist.broadcast(buffer, src=0)
+            broadcast_buffers(module)
 
     def barrier(self):
         if self.world_size > 1:
             dist.barrier()
 
     def mean_across_ranks(self, value):
-        """Average a python float over processes (for logging losses under DDP)."""
+        """A float or tensor averaged over the processes."""
         if self.world_size == 1:
             return value
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item() / self.world_size
+        return mean_over_processes(value, self.world_size, self.device)
 
     def close(self):
+        if self.is_main:    # a session ended by --stop-after or --time-limit says so
+            print_stopped(self.args, self.script, time_limit_hit=getattr(self, "_stop", False)
+                          and self._done < self._end)
         self.log.close()
         if self.world_size > 1:
             dist.destroy_process_group()

@@ -3,9 +3,13 @@
     aug = build_transforms("flip,jitter,blur,scale", p=0.5)
     image, label = aug(image, label)   # uint8 3xHxW, uint8 HxW (or None) -> same types and sizes
 
-Each augmentation fires independently with probability p. Photometric ones (jitter, blur) run
-first and touch the image only; geometric ones (flip, scale) run last on both, so the padding
-added by `scale` stays exactly 0 in the image and 255 (ignore) in the label.
+Each augmentation fires independently with probability p. Geometric ones (flip, scale) act on
+image and label alike (the padding added by `scale` is 0 in the image, 255 = ignore in the
+label); photometric ones (jitter, blur) touch the image only and run after them. In training
+the loader's workers do the geometric part and only draw the photometric parameters
+(`JointAugment.split`): the batch carries them and `apply_photometric` runs them batched on
+the device after the transfer (core.runtime.Run.to_device), where they cost little; hue
+rotation alone took ~180 ms per 1280x720 frame in a worker.
 
 All randomness comes from torch's global generator (never `random` or numpy), which the
 dataset reseeds per sample (`core.sampling.sample_seed`), so a draw depends only on the seed,
@@ -45,19 +49,96 @@ def _randint(g, n):
     return int(torch.randint(n + 1, (), generator=g)) if n > 0 else 0
 
 
-def _jitter(image, g):
-    image = F.adjust_brightness(image, _uniform(g, *BRIGHTNESS))
-    image = F.adjust_contrast(image, _uniform(g, *CONTRAST))
-    image = F.adjust_saturation(image, _uniform(g, *SATURATION))
-    return F.adjust_hue(image, _uniform(g, *HUE))
+# The photometric parameters of one sample, as `split` draws them and the batch carries them:
+# neutral values (1, 1, 1, 0, 0) where an augmentation did not fire; sigma 0 = no blur.
+PHOTOMETRIC = ("brightness", "contrast", "saturation", "hue", "sigma")
+NEUTRAL = (1.0, 1.0, 1.0, 0.0, 0.0)
+BLUR_KERNEL = 2 * math.ceil(3 * BLUR_SIGMA[1]) + 1  # +-3 sigma of the widest blur
 
 
-def _blur(image, g):
-    sigma = _uniform(g, *BLUR_SIGMA)
-    k = 2 * math.ceil(3 * sigma) + 1  # covers +-3 sigma
-    # Reflect padding needs k // 2 < the image side: only bites on tiny images.
-    k = min(k, 2 * min(image.shape[-2:]) - 1)
-    return F.gaussian_blur(image, [k, k], [sigma, sigma])
+def _draw_photometric(fires, g):
+    params = list(NEUTRAL)
+    if fires.get("jitter"):
+        params[:4] = [_uniform(g, *BRIGHTNESS), _uniform(g, *CONTRAST),
+                      _uniform(g, *SATURATION), _uniform(g, *HUE)]
+    if fires.get("blur"):
+        params[4] = _uniform(g, *BLUR_SIGMA)
+    return torch.tensor(params, dtype=torch.float32)
+
+
+def _per_sample(values):
+    return values.view(-1, 1, 1, 1)
+
+
+def _grey(x):
+    """ITU-R 601 luma, as torchvision's rgb_to_grayscale (B x 1 x H x W)."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).unsqueeze(1)
+
+
+def _rotate_hue(x, shift):
+    """Hue rotated by `shift` (fractions of the circle, one per sample), through HSV as
+    torchvision's adjust_hue does."""
+    top, _ = x.max(1)
+    low = x.min(1).values
+    chroma = top - low
+    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
+    r, g, b = x.unbind(1)
+    hue = torch.where(top == r, ((g - b) / safe) % 6,
+                      torch.where(top == g, (b - r) / safe + 2, (r - g) / safe + 4))
+    hue = torch.where(chroma > 0, hue / 6, torch.zeros_like(hue))
+    hue = (hue + shift.view(-1, 1, 1)) % 1.0
+    # back to RGB: channel n = V - C * clamp(min(k, 4 - k), 0, 1), k = (n + 6 H) mod 6
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device).view(1, 3, 1, 1)
+    k = (n + hue.unsqueeze(1) * 6) % 6
+    return top.unsqueeze(1) - chroma.unsqueeze(1) * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
+
+
+def _gaussian_kernel(sigma, half, channels):
+    """Normalised Gaussian taps -half..half, one row per sample and channel."""
+    taps = torch.arange(-half, half + 1, dtype=torch.float32, device=sigma.device)
+    kernel = torch.exp(-0.5 * (taps / sigma.view(-1, 1).clamp_min(1e-6)) ** 2)
+    return (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(channels, 0)
+
+
+def _gaussian_blur(x, sigma):
+    """Separable Gaussian blur, each sample with its own sigma (> 0), on a fixed
+    BLUR_KERNEL-tap kernel with reflect padding (torchvision's gaussian_blur at that size)."""
+    batch, channels, height, width = x.shape
+    # reflect padding needs half < the side: a narrower kernel on tiny images
+    half_y, half_x = (min(BLUR_KERNEL // 2, side - 1) for side in (height, width))
+    planes = x.reshape(1, batch * channels, height, width)
+    planes = NF.pad(planes, (half_x, half_x, half_y, half_y), mode="reflect")
+    k_y = _gaussian_kernel(sigma, half_y, channels).view(-1, 1, 2 * half_y + 1, 1)
+    k_x = _gaussian_kernel(sigma, half_x, channels).view(-1, 1, 1, 2 * half_x + 1)
+    planes = NF.conv2d(NF.conv2d(planes, k_y, groups=batch * channels), k_x,
+                       groups=batch * channels)
+    return planes.view(batch, channels, height, width)
+
+
+def _jitter(x, p):
+    """Brightness, contrast, saturation, hue (torchvision's order and formulas), per sample."""
+    x = (x * _per_sample(p[:, 0])).clamp(0, 1)
+    mean = _grey(x).mean(dim=(-3, -2, -1), keepdim=True)
+    x = (_per_sample(p[:, 1]) * x + (1 - _per_sample(p[:, 1])) * mean).clamp(0, 1)
+    x = (_per_sample(p[:, 2]) * x + (1 - _per_sample(p[:, 2])) * _grey(x)).clamp(0, 1)
+    return _rotate_hue(x, p[:, 3])
+
+
+def apply_photometric(images, params):
+    """Jitter and blur of a batch of uint8 B x 3 x H x W images, each sample with its own row
+    of `params` (B x 5, PHOTOMETRIC; neutral rows are left alone); computed in float32 on
+    the images' device, rounded back to uint8."""
+    p = params.to(device=images.device, dtype=torch.float32)
+    jittered = (p[:, :4] != p.new_tensor(NEUTRAL[:4])).any(1).nonzero().flatten()
+    blurred = (p[:, 4] > 0).nonzero().flatten()
+    if len(jittered) == 0 and len(blurred) == 0:
+        return images
+    x = images.float() / 255
+    if len(jittered):
+        x[jittered] = _jitter(x[jittered], p[jittered])
+    if len(blurred):
+        x[blurred] = _gaussian_blur(x[blurred], p[blurred, 4])
+    return (x * 255).round().clamp(0, 255).to(torch.uint8)
 
 
 def _crop_or_pad(x, height, width, offsets, fill):
@@ -104,14 +185,15 @@ class JointAugment:
         self.names = tuple(n for n in AUGMENTATIONS if n in names)
         self.p, self.crop = p, crop
 
-    def __call__(self, image, label=None, generator=None):
-        """`generator`: the torch.Generator to draw from (default: torch's global one)."""
+    def split(self, image, label=None, generator=None):
+        """The geometric part applied, the photometric one drawn: (image, label, params), with
+        params a PHOTOMETRIC vector for `apply_photometric` (None without jitter and blur).
+        `generator`: the torch.Generator to draw from (default: torch's global one)."""
         g = generator
         fires = {n: torch.rand((), generator=g).item() < self.p for n in self.names}
-        if fires.get("jitter"):
-            image = _jitter(image, g)
-        if fires.get("blur"):
-            image = _blur(image, g)
+        params = None
+        if "jitter" in self.names or "blur" in self.names:
+            params = _draw_photometric(fires, g)
         if fires.get("flip"):
             image = image.flip(-1)
             label = None if label is None else label.flip(-1)
@@ -119,6 +201,13 @@ class JointAugment:
             image, label = _scale(image, label, g)
         if self.crop is not None:
             image, label = _random_window(image, label, *self.crop, g)
+        return image, label, params
+
+    def __call__(self, image, label=None, generator=None):
+        """All of it at once, on one image: `split`, then `apply_photometric`."""
+        image, label, params = self.split(image, label, generator)
+        if params is not None:
+            image = apply_photometric(image[None], params[None])[0]
         return image, label
 
     def __repr__(self):

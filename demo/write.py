@@ -142,7 +142,7 @@ def _write_tree(out, seed, n_source, n_target_train, n_target_val, workers):
         for task in tasks:
             write_frame(task)
     marker = _marker(seed, n_source, n_target_train, n_target_val)
-    (out / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
+    (out / MARKER).write_text(json.dumps(marker, indent=2, allow_nan=False) + "\n")
 
 
 class DemoRootError(FileExistsError):

@@ -265,8 +265,8 @@ def test_arm_bn_flag_is_parsed_recorded_and_rebuilt(tmp_path, bisenet_pair):
         save_checkpoint({"model": model.state_dict(), "args": {
             "model": "bisenet", "backbone": "resnet18", "val_size": [64, 96], **recorded}}, path)
         rebuilt, _, _ = load_model(path, torch.device("cpu"))
-        with torch.no_grad():
-            assert torch.equal(rebuilt(x), model.eval()(x))
+        with torch.no_grad():   # (rebuilt in its own memory layout: equal to float rounding)
+            assert relative_error(rebuilt(x), model.eval()(x)) < 1e-5
 
 
 def test_resuming_a_checkpoint_older_than_the_options_keeps_its_network(tmp_path):

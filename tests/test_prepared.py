@@ -93,6 +93,12 @@ def cityscapes(trees, labelled=True, transform=None):
                       transform=transform)
 
 
+def copy_folder(prep, prefix):
+    """The one copy `prefix`-<source digest> under `prep`."""
+    (folder,) = prep.glob(f"{prefix}-*")
+    return folder
+
+
 def no_decoding(monkeypatch, cls):
     def fail(self, index):
         raise AssertionError("a raw file was decoded")
@@ -127,7 +133,7 @@ def test_prepared_copy_holds_the_working_size_items(trees, tmp_path):
     ds = use_prepared(gta5(trees), tmp_path / "prep")
     ds.prepared = None
     image, label = ds.decode(1)                 # the frame whose label has another size
-    folder = tmp_path / "prep" / "gta5-24x40-labels"
+    folder = copy_folder(tmp_path / "prep", "gta5-24x40-labels")
     stored = np.asarray(Image.open(folder / "images" / "00002.png"))
     assert stored.shape == (24, 40, 3)
     assert np.array_equal(stored, image.permute(1, 2, 0).numpy())
@@ -162,7 +168,7 @@ def test_changed_touched_added_and_missing_files_are_noticed(trees, tmp_path, ca
 
     # A label changed, a prepared file deleted, an image added.
     save_palette(trees.source / "labels" / "00004.png", np.full(GTA_WH[::-1], 26, np.uint8))
-    (prep / "gta5-24x40-labels" / "images" / "00001.png").unlink()
+    (copy_folder(prep, "gta5-24x40-labels") / "images" / "00001.png").unlink()
     Image.fromarray(other).save(images / "00005.png")
     save_palette(trees.source / "labels" / "00005.png", np.full(GTA_WH[::-1], 7, np.uint8))
     ds = use_prepared(gta5(trees), prep)
@@ -172,7 +178,7 @@ def test_changed_touched_added_and_missing_files_are_noticed(trees, tmp_path, ca
 
 def test_missing_prepared_file_during_training_names_it(trees, tmp_path):
     ds = use_prepared(gta5(trees), tmp_path / "prep")
-    gone = tmp_path / "prep" / "gta5-24x40-labels" / "labels" / "00002.png"
+    gone = copy_folder(tmp_path / "prep", "gta5-24x40-labels") / "labels" / "00002.png"
     gone.unlink()
     with pytest.raises(MissingDataError, match="prepared file missing: .*00002.png"):
         ds[1]
@@ -191,7 +197,7 @@ def test_interrupted_preparation_resumes(trees, tmp_path, monkeypatch, capsys):
     with pytest.raises(KeyboardInterrupt):
         use_prepared(gta5(trees), prep)
     monkeypatch.setattr(GTA5, "decode", real)
-    folder = prep / "gta5-24x40-labels"
+    folder = copy_folder(prep, "gta5-24x40-labels")
     with open(folder / MANIFEST, "a") as f:
         f.write('{"name": "000')                     # a line cut short by a kill
     (folder / "images" / ".00003.png.tmp999").write_bytes(b"half a file")
@@ -235,16 +241,16 @@ def test_prepare_command_then_training_flag_reads_the_copies(trees, tmp_path, mo
     prepare_main(prepare_args(data))
     out = capsys.readouterr().out
     assert "preparing 4 of 4" in out and "preparing 3 of 3" in out
-    assert json.loads((prep / "gta5-32x48-labels" / MANIFEST).read_text().splitlines()[0])[
-        "format"] == "png"
+    manifest = copy_folder(prep, "gta5-32x48-labels") / MANIFEST
+    assert json.loads(manifest.read_text().splitlines()[0])["format"] == "png"
 
     args = train_adv.parse_args(tiny_args(trees, tmp_path / "run", *sizes, "--prepared",
                                           str(prep), target=True))
     assert "prepared" in cli.SESSION_FLAGS    # same items: a resumed run may add or drop it
     source, target = build.source_dataset(args), build.target_dataset(args)
     assert capsys.readouterr().out == ""      # prepared ahead: nothing left to do
-    assert source.prepared.folder == prep / "gta5-32x48-labels"
-    assert target.prepared.folder == prep / "cityscapes-32x64-images"
+    assert source.prepared.folder == copy_folder(prep, "gta5-32x48-labels")
+    assert target.prepared.folder == copy_folder(prep, "cityscapes-32x64-images")
     no_decoding(monkeypatch, GTA5)
     no_decoding(monkeypatch, Cityscapes)
     assert source[0]["image"].shape == (3, 32, 48) and target[0]["image"].shape == (3, 32, 64)

@@ -77,7 +77,7 @@ def test_one_iteration_updates_both_and_step2_leaves_d_alone(tmp_path):
     assert losses["loss_adv"].item() == pytest.approx(expected.item(), rel=1e-5)
 
     seg_grads = [p.grad.clone() for p in model.parameters()]
-    d_losses = train_adv.discriminator_step(run, disc, src_prob, trg_prob)
+    d_losses = train_adv.discriminator_step(run, disc, src_prob, trg_prob, it=0)
     assert all(torch.equal(g, p.grad) for g, p in zip(seg_grads, model.parameters(),
                                                       strict=True))  # D step: no leak
     assert all(p.grad is not None for p in disc.parameters())
@@ -127,10 +127,10 @@ def test_discriminator_learns_on_a_fixed_pair(tmp_path):
     trg = torch.softmax(torch.randn(2, 19, 64, 64) + 3 * torch.eye(19)[5].view(1, 19, 1, 1), 1)
     losses = []
     for _ in range(60):  # DSC sits near ln 2 for ~20 steps, then learns
-        losses.append(train_adv.discriminator_step(run, disc, src, trg)["loss_d"].item())
+        losses.append(train_adv.discriminator_step(run, disc, src, trg, it=0)["loss_d"].item())
         step(opt_d)
     assert losses[-1] < 0.2 * losses[0]
-    final = train_adv.discriminator_step(run, disc, src, trg)
+    final = train_adv.discriminator_step(run, disc, src, trg, it=0)
     assert final["d_acc_source"] > 0.9 and final["d_acc_target"] > 0.9
 
 

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
+from torchvision.transforms.v2 import functional as TF
 
-from core.transforms import AUGMENTATIONS, build_transforms
+from core.transforms import (
+    AUGMENTATIONS,
+    BLUR_KERNEL,
+    PHOTOMETRIC,
+    apply_photometric,
+    build_transforms,
+)
 
 H, W, BLOCK = 48, 96, 12
 BRIGHT, DARK = (220, 180, 160), (40, 60, 30)
@@ -30,15 +37,17 @@ def interior(label, value, radius=3):
     return -nnf.max_pool2d(-mask, 2 * radius + 1, stride=1, padding=radius)[0, 0] == 1
 
 
-def assert_aligned(image, label):
+def assert_aligned(image, label, padding_black=True):
     """The relation label = f(image) survives: every interior bright pixel is brighter (max
-    channel, which hue rotation preserves) than every interior dark one; padding is 0 / 255."""
+    channel, which hue rotation preserves) than every interior dark one; padding is 0 / 255
+    (the image's 0 only without photometric ops: contrast and blur, which run after the
+    geometric ones, may tint it)."""
     value = image.max(0).values.int()
     bright, dark = interior(label, 1), interior(label, 0)
     assert bright.any() and dark.any()
     assert value[bright].min() > value[dark].max()
     pad = label == 255
-    assert (image[:, pad] == 0).all()
+    assert (image[:, pad] == 0).all() or not padding_black
     assert set(label.unique().tolist()) <= {0, 1, 255}
 
 
@@ -99,7 +108,7 @@ def test_all_augmentations_together_stay_aligned():
         out_image, out_label = aug(image, label)
         assert out_image.dtype == torch.uint8 and out_label.dtype == torch.uint8
         assert out_image.shape == (3, H, W) and out_label.shape == (H, W)
-        assert_aligned(out_image, out_label)
+        assert_aligned(out_image, out_label, padding_black=False)
 
 
 def test_label_none_is_passed_through():
@@ -150,3 +159,51 @@ def test_crop_takes_aligned_windows_of_the_requested_size():
     assert build_transforms("none") is None
     with pytest.raises(ValueError, match="crop"):
         build_transforms("flip", crop=(0, 4))
+
+
+# --------------------------------------------------------------------------- on the device
+
+def torchvision_photometric(image, params):
+    """One sample's photometric ops by torchvision's functional API (the independent route),
+    in float on 0-1 images."""
+    b, c, s, h, sigma = params.tolist()
+    x = image.float() / 255
+    x = TF.adjust_hue(TF.adjust_saturation(TF.adjust_contrast(TF.adjust_brightness(x, b), c),
+                                           s), h)
+    if sigma > 0:
+        k = min(BLUR_KERNEL, 2 * min(x.shape[-2:]) - 1)
+        x = TF.gaussian_blur(x, [k, k], [sigma, sigma])
+    return x * 255
+
+
+def test_batched_photometric_equals_torchvision_per_sample():
+    """Each sample of a batch gets its own parameters; the result is torchvision's to within
+    uint8 rounding (the float results differ by float error only)."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (5, 3, 24, 40), dtype=torch.uint8, generator=g)
+    params = torch.tensor([[1.0, 1.0, 1.0, 0.0, 0.0],      # neutral: unchanged
+                           [1.2, 0.8, 1.1, 0.04, 0.0],     # jitter only
+                           [1.0, 1.0, 1.0, 0.0, 1.3],      # blur only
+                           [0.8, 1.25, 0.75, -0.05, 2.0],  # both, widest blur
+                           [1.1, 0.9, 1.2, -0.02, 0.1]])
+    out = apply_photometric(images, params)
+    assert out.dtype == torch.uint8 and out.shape == images.shape
+    assert torch.equal(out[0], images[0])
+    for i in range(len(images)):
+        want = torchvision_photometric(images[i], params[i])
+        assert (out[i].float() - want).abs().max() <= 0.51, i   # rounding + float error
+    assert not torch.equal(out[1], images[1]) and not torch.equal(out[2], images[2])
+
+
+def test_split_draws_what_call_applies():
+    """The workers' part (split) plus apply_photometric on the device is the whole
+    augmentation: same geometric result, same draws, whatever route."""
+    image, label = pair(4)
+    aug = build_transforms("flip,jitter,blur,scale", p=0.7)
+    for seed in range(6):
+        geo_image, geo_label, params = aug.split(image, label, torch.Generator().manual_seed(seed))
+        whole_image, whole_label = aug(image, label, torch.Generator().manual_seed(seed))
+        assert torch.equal(geo_label, whole_label)
+        assert torch.equal(apply_photometric(geo_image[None], params[None])[0], whole_image)
+        assert params.shape == (len(PHOTOMETRIC),)
+    assert build_transforms("flip,scale").split(image, label)[2] is None   # nothing to defer

@@ -102,10 +102,12 @@ def model_options(args) -> dict:
 
 def upsample(outputs, size):
     """Outputs of `model(x, upsample=False)` (a tuple of logits) resized to `size` the way the
-    networks resize them themselves: bilinear, align_corners=False. STDC's detail logits
-    (`outputs.detail`) are kept as they are: the detail loss resizes them itself."""
-    resized = tuple(F.interpolate(out, size=tuple(size), mode="bilinear", align_corners=False)
-                    for out in outputs)
+    networks resize them themselves: bilinear, align_corners=False, in float32 (under bf16
+    autocast the losses want float32 anyway, and on a CPU bf16 bilinear's backward was the
+    slowest op of a training step). STDC's detail logits (`outputs.detail`) are kept as they
+    are: the detail loss resizes them itself."""
+    resized = tuple(F.interpolate(out.float(), size=tuple(size), mode="bilinear",
+                                  align_corners=False) for out in outputs)
     detail = getattr(outputs, "detail", None)
     return resized if detail is None else TrainOutputs(resized, detail)
 

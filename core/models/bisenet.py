@@ -160,6 +160,6 @@ class BiSeNet(nn.Module):
         outputs = [self.classifier(self.ffm(spatial, torch.cat([c16, c32], dim=1)))]
         if self.training:
             outputs += [self.aux16(c16), self.aux32(c32)]
-        if upsample:
-            outputs = [_resize(out, x.shape[-2:]) for out in outputs]
+        if upsample:   # in float32, as the losses take them (core.models.upsample)
+            outputs = [_resize(out.float(), x.shape[-2:]) for out in outputs]
         return tuple(outputs) if self.training else outputs[0]

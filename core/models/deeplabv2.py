@@ -173,7 +173,7 @@ class DeepLabV2(nn.Module):
     def forward(self, x: torch.Tensor, upsample: bool = True):
         logits = self.classifier(self.backbone(x))
         if upsample:
-            logits = F.interpolate(logits, size=x.shape[-2:], mode="bilinear",
+            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear",
                                    align_corners=False)
         return (logits,) if self.training else logits
 

@@ -255,8 +255,8 @@ class STDCSeg(nn.Module):
         outputs = [self.classifier(self.ffm(f8, c8))]
         if self.training:
             outputs += [self.aux8(c8), self.aux16(c16)]
-        if upsample:
-            outputs = [_resize(out, x.shape[-2:]) for out in outputs]
+        if upsample:   # in float32, as the losses take them (core.models.upsample)
+            outputs = [_resize(out.float(), x.shape[-2:]) for out in outputs]
         if not self.training:
             return outputs[0]
         return TrainOutputs(outputs, detail=self.detail(f8))

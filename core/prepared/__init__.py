@@ -17,7 +17,11 @@ about 0.7 MB a 1024x512 frame, a third of the raw PNG; decoding it is the remain
 frame and 3.7 MB a GTA5 pair, about 90 GB for all of GTA5).
 
 Layout:  DIR/prepared.json                     marker: the folder is ours (else never written)
-         DIR/<kind>-<H>x<W>-<labels|images>/manifest.jsonl, images/<name>.png, labels/...
+         DIR/<kind>-<H>x<W>-<labels|images>-<source>/manifest.jsonl, images/<name>.png, ...
+<source> is a digest of the dataset's root (resolved) and, for GTA5, of its id table
+(--mapping): two datasets whose item names are the same (two GTA5 roots, GTA5 with and
+without a mapping) each get a copy of their own, and never read, or rewrite, the other's,
+even while both train. (A dataset moved to another folder is prepared again.)
 manifest.jsonl: a header line (format, size), then one line per prepared item: path, size,
 mtime_ns and SHA-1 of each source file, and the label table used; a later line replaces an
 earlier one. Each start compares the sources with it: new, changed or missing items are
@@ -39,11 +43,14 @@ from tqdm import tqdm
 
 from core.decoding import image_tensor
 from core.errors import ConfigError, DataError, MissingDataError
+from core.logs import json_text
+from core.outputs import FOLDERS, claim_folder
 
 # Bump whenever core/decoding.py changes what an item holds: older copies are then refused.
-FORMAT_VERSION = 1
+# 2: 16-bit greyscale images scaled to 8 bits (were clipped); copies keyed by their source.
+FORMAT_VERSION = 2
 FORMATS = ("png", "npy")
-MARKER, MANIFEST = "prepared.json", "manifest.jsonl"
+MARKER, MANIFEST = FOLDERS["prepared"][0], "manifest.jsonl"   # prepared.json: the folder is ours
 # zlib level 1: decoding is no slower than at level 6, the file 10% larger, writing 5x faster.
 PNG_LEVEL = 1
 
@@ -117,7 +124,11 @@ def use_prepared(dataset, folder, workers=0, fmt=None):
     top = _claim_folder(Path(folder))
     h, w = dataset.size
     kind = "labels" if dataset.labelled else "images"
-    copy_dir = top / f"{type(dataset).__name__.lower()}-{h}x{w}-{kind}"
+    name = f"{type(dataset).__name__.lower()}-{h}x{w}-{kind}"
+    if (top / name).is_dir():       # format 1's copy, not keyed by its source: never read
+        print(f"note: {top / name} was prepared by an earlier version and is no longer read; "
+              f"delete it to free its space", flush=True)
+    copy_dir = top / f"{name}-{_source_key(dataset)}"
     copy_dir.mkdir(exist_ok=True)
     with _locked(copy_dir):
         header, entries = _read_manifest(copy_dir, dataset, fmt)
@@ -133,21 +144,23 @@ def use_prepared(dataset, folder, workers=0, fmt=None):
     return dataset
 
 
+def _source_key(dataset):
+    """Which dataset a copy holds: its root and, for GTA5, its id table (Cityscapes' tables
+    follow from its files, compared per item like every source file)."""
+    h = hashlib.sha1(str(Path(dataset.root).resolve()).encode())
+    table = getattr(dataset, "lut", None)
+    if table is not None:
+        h.update(np.ascontiguousarray(table).tobytes())
+    return h.hexdigest()[:10]
+
+
 def _claim_folder(top):
-    """`top` must be new, empty, or marked as ours: files we did not write are never touched."""
-    def foreign(p):   # not the marker, nor another rank's marker being written
-        return p.name != MARKER and not p.name.startswith(f".{MARKER}.tmp")
-    if top.is_dir() and not (top / MARKER).is_file() and any(map(foreign, top.iterdir())):
-        raise ConfigError(f"--prepared {top} holds other files and no {MARKER}: it is not a "
-                          f"folder of prepared copies; choose a new or empty folder")
-    if top.exists() and not top.is_dir():
-        raise ConfigError(f"--prepared {top} is a file, not a folder")
-    top.mkdir(parents=True, exist_ok=True)
-    if not (top / MARKER).is_file():
-        _write_json(top / MARKER, {"format_version": FORMAT_VERSION, "made_by": "core/prepared/",
-                                   "note": "copies of datasets at their working sizes; safe "
-                                           "to delete (they are made again on demand)"})
-    return top
+    """`top` must be new, empty, or marked as ours (MARKER): files we did not write are never
+    touched (core.outputs, the guard of every output)."""
+    return claim_folder(top, "--prepared", "prepared", content={
+        "format_version": FORMAT_VERSION, "made_by": "core/prepared/",
+        "note": "copies of datasets at their working sizes; safe to delete (they are made "
+                "again on demand)"})
 
 
 @contextlib.contextmanager
@@ -171,8 +184,8 @@ def _read_manifest(copy_dir, dataset, fmt):
         raise ConfigError(f"prepared format {fmt!r}: expected one of {', '.join(FORMATS)}")
     if not path.is_file():
         header = {"format_version": FORMAT_VERSION, "format": fmt or FORMATS[0],
-                  "dataset": type(dataset).__name__, "size": list(dataset.size),
-                  "labelled": dataset.labelled}
+                  "dataset": type(dataset).__name__, "root": str(Path(dataset.root).resolve()),
+                  "size": list(dataset.size), "labelled": dataset.labelled}
         _append(copy_dir, [header])
         return header, {}
     lines = path.read_text().splitlines()
@@ -209,7 +222,7 @@ def _open_manifest(copy_dir):
 def _append(copy_dir, records):
     if records:
         with _open_manifest(copy_dir) as f:
-            f.write("".join(json.dumps(r) + "\n" for r in records).encode())
+            f.write("".join(json_text(r) + "\n" for r in records).encode())
 
 
 def _compare(dataset, copy, entries):
@@ -302,15 +315,12 @@ def _prepare(dataset, copy, todo, workers, why):
     reasons = ", ".join(f"{n} {k}" for k, n in why.items() if n)
     print(f"preparing {len(todo)} of {len(dataset)} items ({reasons}) of {dataset!r} into "
           f"{copy.folder}: once, resumable", flush=True)
+    # A generator of its own: a loader draws its workers' base seed from the global RNG,
+    # and a run that prepares must initialise its networks as one that does not.
     loader = DataLoader(_Preparer(dataset, copy, todo), batch_size=None, num_workers=workers,
-                        collate_fn=_as_is)
+                        collate_fn=_as_is, generator=torch.Generator())
     with _open_manifest(copy.folder) as manifest:
         for entry in tqdm(loader, total=len(todo), desc="preparing", mininterval=2.0):
-            manifest.write((json.dumps(entry) + "\n").encode())
+            manifest.write((json_text(entry) + "\n").encode())
             manifest.flush()        # a line per item as its files land: a kill loses one item
 
-
-def _write_json(path, obj):
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)

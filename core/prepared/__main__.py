@@ -1,11 +1,12 @@
 """`python -m core.prepared --prepared DIR --source-root ... [--target-root ...]`: make (or bring
 up to date) the prepared copies that a training run with the same data flags reads."""
-from core import build, cli
+from core import build, cli, outputs
 from core.prepared import FORMATS, use_prepared
 
 
 def parse_args(argv=None):
     parser = cli.new_parser(__doc__)
+    parser.prog = "python -m core.prepared"
     cli.add_data_args(parser, target=True)
     parser.add_argument("--format", choices=FORMATS, default=None,
                         help="for a new copy: png (default, compact) or npy (fastest, 2.5x "
@@ -15,6 +16,7 @@ def parse_args(argv=None):
         parser.error("--prepared DIR is required: the folder of the prepared copies")
     if not (args.source_root or args.target_root):
         parser.error("give --source-root and/or --target-root: the datasets to prepare")
+    outputs.check_outputs(parser, args, "core.prepared")
     args.source_size = tuple(args.source_size or cli.DATASET_SIZES[args.source])
     args.target_size = tuple(args.target_size or cli.DATASET_SIZES["cityscapes"])
     return args
