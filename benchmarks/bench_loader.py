@@ -222,7 +222,7 @@ def main():
             routes = {"raw": variant(ds, None, transform),
                       "prepared": variant(ds, copies[role], transform)}
             for w in args.workers:
-                r = measure(routes, w, args)
+                r = measure(routes, w, args, torch.device(args.device))  # +aug: on the device
                 ratio = r["prepared"] / r["raw"]
                 if transform is None:
                     ratios.setdefault((role, label), []).append(ratio)
