@@ -20,7 +20,6 @@ Each iteration (AdaptSegNet sec. 3.2-3.3, Eq. 3-5):
   3. D on the detached source and target softmax maps: source label 0, target label 1,
      each domain's term halved.
 """
-import torch
 
 from core import build, cli
 from core.checkpoint import unwrap
@@ -99,7 +98,7 @@ def main(args):
     model = run.place(build.segmenter(args))
     disc = run.place(build_discriminator(args.disc))
     optimizer = build.optimizer(args, model)
-    optimizer_d = torch.optim.Adam(disc.parameters(), lr=args.lr_d, betas=(0.9, 0.99))
+    optimizer_d = build.discriminator_optimizer(args, disc)
     scheduler = build.scheduler(args, optimizer, iters_per_epoch)
     scheduler_d = build.scheduler(args, optimizer_d, iters_per_epoch)
     criterion = build_criterion(args, source_set)

@@ -7,22 +7,24 @@ whole set. Both sizes are reported with every result, since published numbers mo
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from core.checkpoint import load_checkpoint, load_weights, unwrap
 from core.errors import CheckpointError, ConfigError, DataError
 from core.labels import NUM_CLASSES
 from core.metrics import ConfusionMatrix
 from core.models import build_model, model_options
+from core.models.logits import upsample_logits
 from core.precision import amp_dtype, set_memory_format
 from core.transforms import normalize, resize_images
 
 
 @torch.inference_mode()
 def predict_logits(model, images, size, out_size):
-    """Logits of `model` (in eval mode) for uint8 images fed at `size`, upsampled to `out_size`."""
-    logits = model(normalize(resize_images(images, size)))
-    return F.interpolate(logits.float(), size=out_size, mode="bilinear", align_corners=False)
+    """Logits of `model` (in eval mode) for uint8 images fed at `size`, upsampled to `out_size`
+    in one step from the network's output stride, as AdaptSegNet's evaluation does (the
+    network's own upsampling to `size` first would interpolate twice)."""
+    logits = model(normalize(resize_images(images, size)), upsample=False)
+    return upsample_logits(logits, out_size)
 
 
 @torch.inference_mode()

@@ -76,13 +76,13 @@ def scored(checkpoint, tiny_demo, tmp_path_factory):
 
 def independent_probs(checkpoint, photo):
     """Softmax of one checkpoint for an H x W x 3 uint8 photo: fed at the working size
-    (bilinear, antialiased), logits upsampled (bilinear) to H x W."""
+    (bilinear, antialiased), logits upsampled (bilinear) from the output stride to H x W."""
     model, size, _ = load_model(checkpoint, torch.device("cpu"))
     x = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float()
     x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     with torch.no_grad():
-        logits = F.interpolate(model(normalize(x)), size=photo.shape[:2], mode="bilinear",
-                               align_corners=False)
+        logits = F.interpolate(model(normalize(x), upsample=False), size=photo.shape[:2],
+                               mode="bilinear", align_corners=False)
     return logits.softmax(1)[0]
 
 

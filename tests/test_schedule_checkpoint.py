@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from core import build
 from core.checkpoint import (
     load_checkpoint,
     remove_orphaned_temp_files,
@@ -46,6 +47,41 @@ def test_poly_resumes_on_the_same_curve():
     opt2.load_state_dict(opt.state_dict())
     sched2.load_state_dict(sched.state_dict())
     assert opt2.param_groups[0]["lr"] == pytest.approx((1 - 4 / 10) ** 0.9)
+
+
+@pytest.mark.parametrize("optimizer_class, options", [
+    (torch.optim.SGD, {"momentum": 0.9, "weight_decay": 1e-2}),
+    (torch.optim.Adam, {"betas": (0.9, 0.99), "weight_decay": 1e-2})])
+def test_fused_optimisers_update_as_the_per_tensor_ones(optimizer_class, options):
+    torch.manual_seed(0)
+    fast_net = torch.nn.Linear(4, 3)
+    plain_net = torch.nn.Linear(4, 3)
+    plain_net.load_state_dict(fast_net.state_dict())
+    start = fast_net.weight.detach().clone()
+    fast = build.fused(optimizer_class, fast_net.parameters(), lr=0.1, **options)
+    plain = optimizer_class(plain_net.parameters(), lr=0.1, foreach=False, **options)
+    assert fast.defaults["fused"]            # CPU fused kernels: torch >= 2.4
+    for _ in range(3):
+        x = torch.randn(5, 4)
+        for net, opt in ((fast_net, fast), (plain_net, plain)):
+            opt.zero_grad()
+            net(x).square().sum().backward()
+            opt.step()
+    assert not torch.equal(fast_net.weight, start)                    # it did update
+    for p, q in zip(fast_net.parameters(), plain_net.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+
+
+def test_fused_falls_back_to_the_per_tensor_update_where_no_kernel_exists():
+    class NoFusedKernel(torch.optim.SGD):     # as torch answers for a device it lacks one for
+        def __init__(self, params, fused=None, **options):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be ...")
+            super().__init__(params, **options)
+
+    weight = torch.zeros(3, requires_grad=True)
+    opt = build.fused(NoFusedKernel, iter([weight]), lr=0.1, momentum=0.9)
+    assert not opt.defaults.get("fused") and opt.param_groups[0]["params"] == [weight]
 
 
 def test_atomic_save_and_clear_errors(tmp_path):

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import torch.nn.functional as F
 from torch import nn
 
 from core.errors import ConfigError, PretrainedWeightsError
@@ -18,6 +17,7 @@ from core.labels import NUM_CLASSES
 from core.models.bisenet import BiSeNet
 from core.models.deeplabv2 import DeepLabV2
 from core.models.discriminator import DISCRIMINATORS, build_discriminator
+from core.models.logits import upsample_logits
 from core.models.pretrained import load_backbone_weights
 from core.models.stdc import STDCSeg, TrainOutputs
 
@@ -102,12 +102,10 @@ def model_options(args) -> dict:
 
 def upsample(outputs, size):
     """Outputs of `model(x, upsample=False)` (a tuple of logits) resized to `size` the way the
-    networks resize them themselves: bilinear, align_corners=False, in float32 (under bf16
-    autocast the losses want float32 anyway, and on a CPU bf16 bilinear's backward was the
-    slowest op of a training step). STDC's detail logits (`outputs.detail`) are kept as they
-    are: the detail loss resizes them itself."""
-    resized = tuple(F.interpolate(out.float(), size=tuple(size), mode="bilinear",
-                                  align_corners=False) for out in outputs)
+    networks resize them themselves (upsample_logits: bilinear, align_corners=False, float32).
+    STDC's detail logits (`outputs.detail`) are kept as they are: the detail loss resizes them
+    itself."""
+    resized = tuple(upsample_logits(out, size) for out in outputs)
     detail = getattr(outputs, "detail", None)
     return resized if detail is None else TrainOutputs(resized, detail)
 

@@ -42,6 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18, resnet101
 
+from core.models.logits import upsample_logits
+
 RESNETS = {"resnet18": resnet18, "resnet101": resnet101}
 
 
@@ -161,5 +163,5 @@ class BiSeNet(nn.Module):
         if self.training:
             outputs += [self.aux16(c16), self.aux32(c32)]
         if upsample:   # in float32, as the losses take them (core.models.upsample)
-            outputs = [_resize(out.float(), x.shape[-2:]) for out in outputs]
+            outputs = [upsample_logits(out, x.shape[-2:]) for out in outputs]
         return tuple(outputs) if self.training else outputs[0]

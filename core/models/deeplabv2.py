@@ -30,8 +30,9 @@ parameters that never train; classifier 4 x 350,227).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from core.models.logits import upsample_logits
 
 RESNET_STYLES = ("pytorch", "caffe")  # stride in the 3x3 conv / in the first 1x1 conv
 BN_MODES = ("train", "frozen")  # batch statistics in train mode / always the running ones
@@ -173,8 +174,7 @@ class DeepLabV2(nn.Module):
     def forward(self, x: torch.Tensor, upsample: bool = True):
         logits = self.classifier(self.backbone(x))
         if upsample:
-            logits = F.interpolate(logits.float(), size=x.shape[-2:], mode="bilinear",
-                                   align_corners=False)
+            logits = upsample_logits(logits, x.shape[-2:])
         return (logits,) if self.training else logits
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:

@@ -56,6 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models.logits import upsample_logits
+
 # Backbone name -> STDC modules per stage (STDCNet813 and STDCNet1446 of the authors' code).
 STAGE_DEPTHS = {"stdc1": (2, 2, 2), "stdc2": (4, 5, 3)}
 BASE = 64
@@ -90,10 +92,6 @@ def conv_bn_relu(in_channels: int, out_channels: int, kernel: int = 3,
         bn=nn.BatchNorm2d(out_channels),
         relu=nn.ReLU(inplace=True),
     ))
-
-
-def _resize(x: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
 # --------------------------------------------------------------------------- backbone
@@ -256,7 +254,7 @@ class STDCSeg(nn.Module):
         if self.training:
             outputs += [self.aux8(c8), self.aux16(c16)]
         if upsample:   # in float32, as the losses take them (core.models.upsample)
-            outputs = [_resize(out.float(), x.shape[-2:]) for out in outputs]
+            outputs = [upsample_logits(out, x.shape[-2:]) for out in outputs]
         if not self.training:
             return outputs[0]
         return TrainOutputs(outputs, detail=self.detail(f8))
