@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import evaluate
+from core import seed_groups
 from core.checkpoint import save_checkpoint
 from core.labels import CLASS_NAMES
 from core.models import build_model, model_options
@@ -87,6 +88,6 @@ def test_group_by_seed_refuses_an_ensemble(runs, capsys):
 
 
 def test_brace_names():
-    assert evaluate.brace_names(["runs/a_s1/best.pth", "runs/a_s22/best.pth"]) == \
+    assert seed_groups.brace_names(["runs/a_s1/best.pth", "runs/a_s22/best.pth"]) == \
         "runs/a_s{1,22}/best.pth"
-    assert evaluate.brace_names(["x/best.pth"]) == "x/best.pth"
+    assert seed_groups.brace_names(["x/best.pth"]) == "x/best.pth"

@@ -11,7 +11,7 @@ from test_outputs import command, make_teacher
 
 import evaluate
 import train_source
-from core import cli
+from core import cli, seed_groups
 from core.checkpoint import save_checkpoint
 from core.cli import entry
 from core.errors import DataError
@@ -129,8 +129,8 @@ def test_group_by_seed_refuses_runs_that_ended_at_different_points(tmp_path):
 
     s1, s2 = run("s1", 1, 700, 1000), run("s2", 2, 1000, 1000)
     killed = run("s3", 3, 300, 400)
-    evaluate.check_same_end([s1, s2])          # best epochs differ, the runs ended together
-    evaluate.check_same_end([s1, s2, run("lr_s1", 1, 400, 400, lr=0.02)])   # another row
+    seed_groups.check_same_end([s1, s2])          # best epochs differ, the runs ended together
+    seed_groups.check_same_end([s1, s2, run("lr_s1", 1, 400, 400, lr=0.02)])   # another row
     with pytest.raises(SystemExit) as info:
         entry(evaluate.main, lambda: evaluate.parse_args([s1, s2, killed, "--group-by-seed"]))
     assert info.value.code == (f"error: --group-by-seed: {killed} comes from a run that ended "
