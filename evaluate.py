@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from core import cli, outputs
 from core.datasets import GTA5, Cityscapes
@@ -40,6 +39,7 @@ from core.labels import CLASS_NAMES, NUM_CLASSES, colorize
 from core.logs import write_json
 from core.metrics import format_table
 from core.precision import inference_autocast
+from core.sampling import make_loader
 from core.seed_groups import GROUP_KEYS, check_same_end, seed_groups
 
 
@@ -62,9 +62,7 @@ def main(args):
         val_set = GTA5(data_root, split=args.split, size=None)
     else:
         val_set = Cityscapes(data_root, split=args.split, size=None)
-    # GTA5 frames may differ in size: one per batch there.
-    batch_size = 1 if args.dataset == "gta5" else args.batch_size
-    loader = DataLoader(val_set, batch_size=batch_size, num_workers=args.workers)
+    loader = make_loader(val_set, args.batch_size, 0, "eval", train=False, workers=args.workers)
     label_size = tuple(val_set[0]["label"].shape)
     groups = [loaded] if args.ensemble else [[one] for one in loaded]
     names = ["ensemble of " + ", ".join(paths)] if args.ensemble else paths

@@ -33,8 +33,10 @@ SHARED_FRAMES = ROOT.parent / "shared" / "data" / "cityscapes_samples" / "leftIm
 def run(*argv):
     """Wall seconds of one script run as a user runs it."""
     start = time.perf_counter()
-    subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL)
+    done = subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if done.returncode:
+        sys.exit(f"{' '.join(map(str, argv))} failed:\n{done.stderr}")
     return time.perf_counter() - start
 
 

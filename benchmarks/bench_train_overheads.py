@@ -7,8 +7,10 @@ In one process, medians of alternating repeats, ratios against the first row of 
   optimiser step  SGD (momentum 0.9, weight decay) over BiSeNet-R18's parameters: the
                   per-tensor loop, foreach, and fused (core.build.fused), on random gradients
   logits -> loss  the three training outputs (1/8, 1/16, 1/32 of --size) upsampled to --size
-                  and their summed cross-entropy, forward and backward, from logits in
-                  channels_last (as the networks make them) or copied to NCHW first
+                  and their summed cross-entropy, forward and backward: F.interpolate on
+                  logits in channels_last (as the networks make them) or copied to NCHW
+                  first, and the two matrix products (core.models.logits, the CPU training
+                  route)
 """
 import argparse
 import statistics
@@ -21,6 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core` lives at the repo root
 from core.models import build_model, param_groups  # noqa: E402
+from core.models.logits import bilinear_as_matmuls  # noqa: E402
 from core.precision import cpu_has_native_bf16  # noqa: E402
 
 
@@ -54,20 +57,24 @@ def logits_to_loss(batch, size):
     target = torch.randint(0, 19, (batch, h, w))
     shapes = [(h // s, w // s) for s in (8, 16, 32)]
 
-    def loss_of(layout, contiguous_first):
-        outs = [torch.randn(batch, 19, *s).contiguous(memory_format=layout).requires_grad_()
-                for s in shapes]
+    def interpolate(x):
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def loss_of(upsample, contiguous_first=False):
+        outs = [torch.randn(batch, 19, *s).contiguous(memory_format=torch.channels_last)
+                .requires_grad_() for s in shapes]
 
         def step():
             loss = 0
             for out in outs:
-                x = out.contiguous() if contiguous_first else out
-                up = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+                up = upsample(out.contiguous() if contiguous_first else out)
                 loss = loss + F.cross_entropy(up, target, ignore_index=255)
             loss.backward()
         return step
-    return {"channels_last logits": loss_of(torch.channels_last, False),
-            "copied to NCHW first": loss_of(torch.channels_last, True)}
+    return {"F.interpolate, channels_last logits": loss_of(interpolate),
+            "F.interpolate, copied to NCHW first": loss_of(interpolate, contiguous_first=True),
+            "two matrix products (the CPU training route)":
+                loss_of(lambda x: bilinear_as_matmuls(x, size))}
 
 
 def main():

@@ -69,7 +69,8 @@ def ensemble_paths(first, others=()):
 
 @torch.inference_mode()
 def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress=None):
-    """Confusion matrix of the (ensembled) prediction over a labelled loader, all ranks summed.
+    """Confusion matrix of the (ensembled) prediction over a labelled loader (core.sampling's
+    make_loader for evaluation: lists of same-size batches), all ranks summed.
 
     A single model is scored by the argmax of its logits, an ensemble by the argmax of the
     mean softmax; the two agree for an ensemble of one.
@@ -77,8 +78,8 @@ def evaluate(models, sizes, loader, device, num_classes, autocast=None, progress
     for m in models:
         m.eval()
     cm = ConfusionMatrix(num_classes)
-    batches = progress(loader) if progress else loader
-    for batch in batches:
+    groups = progress(loader) if progress else loader
+    for batch in (batch for group in groups for batch in group):   # (core.sampling's collate)
         images = batch["image"].to(device, non_blocking=True)
         labels = batch["label"].to(device, non_blocking=True)
         out_size = tuple(labels.shape[-2:])

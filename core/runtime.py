@@ -103,20 +103,22 @@ class Run:
         """Endless shuffled training batches of --batch-size (per process) from this rank's
         shard; `role` ('source', 'target', 'feedback') keeps two loaders' orders apart.
 
-        On CUDA: pinned memory, workers kept from pass to pass, items timed (TimedItems)."""
+        Workers are kept from pass to pass; on CUDA: pinned memory, items timed (TimedItems)."""
         cuda = self.device.type == "cuda"
         if self.loading:
             dataset = self.loading.wrap(dataset)
         return Stream(make_loader(dataset, self.args.batch_size, self.args.seed, role,
                                   train=True, workers=self.args.workers, rank=self.rank,
                                   world_size=self.world_size, pin_memory=cuda,
-                                  persistent_workers=cuda))
+                                  persistent_workers=True))
 
-    def val_loader(self, dataset, batch_size=1):
-        """This rank's shard of the validation set, in order, no sample twice."""
-        return make_loader(dataset, batch_size, self.args.seed, "eval", train=False,
+    def val_loader(self, dataset):
+        """This rank's shard of the validation set, in order, no sample twice, in batches of
+        --batch-size (frames of one size together)."""
+        return make_loader(dataset, self.args.batch_size, self.args.seed, "eval", train=False,
                            workers=self.args.workers, rank=self.rank,
-                           world_size=self.world_size, pin_memory=self.device.type == "cuda")
+                           world_size=self.world_size, pin_memory=self.device.type == "cuda",
+                           persistent_workers=True)
 
     def check_data(self, train_set, val_set, target_set=None):
         """Before the first step (rank 0): every file opens, labels have their image's shape

@@ -11,7 +11,7 @@ import os
 import time
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from core.errors import ConfigError
 
@@ -82,7 +82,8 @@ class PassSampler(Sampler):
 
 def make_loader(dataset, batch_size, seed, role, train, workers, rank=0, world_size=1,
                 pin_memory=False, persistent_workers=False):
-    """DataLoader over a PassSampler; training shuffles and drops the last partial batch.
+    """DataLoader over a PassSampler; training shuffles and drops the last partial batch,
+    evaluation yields lists of same-size batches (batches_by_size).
 
     persistent_workers: keep the worker processes from one pass to the next (a Stream starts
     a new pass every epoch or so; restarting workers costs seconds)."""
@@ -93,7 +94,17 @@ def make_loader(dataset, batch_size, seed, role, train, workers, rank=0, world_s
                           f"training images available to each process")
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=train,
+                      collate_fn=None if train else batches_by_size,
                       persistent_workers=persistent_workers and workers > 0)
+
+
+def batches_by_size(items):
+    """Evaluation's collate: a list of batches, one per image size among `items` (frames kept
+    at their native size may differ, GTA5's do), in the order the sizes first appear."""
+    groups = {}
+    for item in items:
+        groups.setdefault(tuple(item["image"].shape), []).append(item)
+    return [default_collate(group) for group in groups.values()]
 
 
 class Stream:

@@ -19,6 +19,7 @@ from core.models import (
     pretrained,
 )
 from core.models.deeplabv2 import FrozenBatchNorm2d
+from core.models.logits import bilinear_as_matmuls, upsample_logits
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,36 @@ def test_bisenet_channels_last_and_bf16_autocast(bisenet18):
         out = model(x)
     bisenet18.to(memory_format=torch.contiguous_format)
     assert out.shape == (1, 19, 67, 93) and torch.isfinite(out.float()).all()
+
+
+@pytest.mark.parametrize("shape, size", [((2, 19, 18, 32), (144, 256)),   # training, x8
+                                         ((2, 19, 5, 8), (144, 256)),     # x32, odd ratio
+                                         ((1, 3, 7, 9), (20, 13)),        # non-integer
+                                         ((1, 2, 10, 10), (5, 7))])       # downsampling
+def test_bilinear_as_matmuls_is_torchs_bilinear_values_and_gradients(shape, size):
+    torch.manual_seed(0)
+    x = torch.randn(shape).contiguous(memory_format=torch.channels_last).requires_grad_()
+    weights = torch.randn(shape[0], shape[1], *size)
+    ours = bilinear_as_matmuls(x, size)
+    (grad_ours,) = torch.autograd.grad((ours * weights).sum(), x)
+    torchs = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    (grad_torchs,) = torch.autograd.grad((torchs * weights).sum(), x)
+    assert torch.allclose(ours, torchs, atol=1e-5)
+    assert torch.allclose(grad_ours, grad_torchs, atol=1e-4)
+
+
+def test_upsample_logits_is_float32_under_bf16_autocast_in_training_and_inference():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 19, 9, 16).bfloat16()
+    expected = F.interpolate(logits.float(), size=(72, 128), mode="bilinear",
+                             align_corners=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = upsample_logits(logits.clone().requires_grad_(), (72, 128))
+        inferred = upsample_logits(logits, (72, 128))
+    assert trained.dtype == inferred.dtype == torch.float32
+    # both routes interpolate the bf16 logits in float32 (a bf16 product would be further off)
+    assert torch.allclose(trained, expected, atol=1e-5)
+    assert torch.equal(inferred, expected)
 
 
 def test_build_errors_name_the_flag():

@@ -92,3 +92,43 @@ def test_source_and_target_streams_are_shuffled_differently():
         return indices(loader.sampler)
     assert order("source") != order("target") == order("target")
     assert len(Stream(make_loader(Draws(), 2, seed=0, role="source", train=True, workers=0))) == 3
+
+
+class MixedSizes(Dataset):
+    """Labelled frames of two sizes, interleaved (GTA5's few odd-sized frames, scaled down)."""
+    sizes = [(12, 20), (12, 20), (10, 18), (12, 20), (10, 18), (12, 20), (12, 20)]
+
+    def __len__(self):
+        return len(self.sizes)
+
+    def __getitem__(self, index):
+        i = index[0] if isinstance(index, tuple) else index
+        g = torch.Generator().manual_seed(i)
+        h, w = self.sizes[i]
+        return {"image": torch.randint(0, 256, (3, h, w), generator=g, dtype=torch.uint8),
+                "label": torch.randint(0, 4, (h, w), generator=g, dtype=torch.uint8),
+                "name": str(i)}
+
+
+class MeanColourLogits(torch.nn.Module):
+    """A fixed 'segmenter': per-pixel class logits from the colours, at output stride 2."""
+
+    def forward(self, x, upsample=False):
+        logits = torch.stack([x[:, 0], x[:, 1], x[:, 2], x.mean(1)], dim=1)
+        return torch.nn.functional.avg_pool2d(logits, 2)
+
+
+def test_evaluation_batches_group_frames_of_one_size_and_score_as_one_by_one():
+    from core.evaluation import evaluate
+    loader = make_loader(MixedSizes(), 3, 0, "eval", train=False, workers=0)
+    groups = list(loader)
+    assert [[tuple(b["image"].shape) for b in group] for group in groups] == [
+        [(2, 3, 12, 20), (1, 3, 10, 18)], [(2, 3, 12, 20), (1, 3, 10, 18)], [(1, 3, 12, 20)]]
+    assert [name for group in groups for b in group for name in b["name"]] == [
+        "0", "1", "2", "3", "5", "4", "6"]
+    one_by_one = make_loader(MixedSizes(), 1, 0, "eval", train=False, workers=0)
+    model, cpu = MeanColourLogits(), torch.device("cpu")
+    batched = evaluate([model], [(8, 12)], loader, cpu, 4).mat
+    single = evaluate([model], [(8, 12)], one_by_one, cpu, 4).mat
+    assert batched.sum() == sum(h * w for h, w in MixedSizes.sizes)
+    assert torch.equal(batched, single)
