@@ -143,7 +143,7 @@ def images_per_second(loader, seconds, device=None):
 def measure(routes, workers, args, device=None):
     """{route: median images/s} of each route's loader at `workers`, alternating routes."""
     loaders = {name: make_loader(ds, args.batch_size, 0, "source", train=True,
-                                 workers=workers, persistent_workers=True)
+                                 workers=workers)
                for name, ds in routes.items()}
     for loader in loaders.values():  # warm-up: start the workers, fill the page cache
         images_per_second(loader, 0, device)

@@ -109,16 +109,14 @@ class Run:
             dataset = self.loading.wrap(dataset)
         return Stream(make_loader(dataset, self.args.batch_size, self.args.seed, role,
                                   train=True, workers=self.args.workers, rank=self.rank,
-                                  world_size=self.world_size, pin_memory=cuda,
-                                  persistent_workers=True))
+                                  world_size=self.world_size, pin_memory=cuda))
 
     def val_loader(self, dataset):
         """This rank's shard of the validation set, in order, no sample twice, in batches of
         --batch-size (frames of one size together)."""
         return make_loader(dataset, self.args.batch_size, self.args.seed, "eval", train=False,
                            workers=self.args.workers, rank=self.rank,
-                           world_size=self.world_size, pin_memory=self.device.type == "cuda",
-                           persistent_workers=True)
+                           world_size=self.world_size, pin_memory=self.device.type == "cuda")
 
     def check_data(self, train_set, val_set, target_set=None):
         """Before the first step (rank 0): every file opens, labels have their image's shape

@@ -81,12 +81,11 @@ class PassSampler(Sampler):
 
 
 def make_loader(dataset, batch_size, seed, role, train, workers, rank=0, world_size=1,
-                pin_memory=False, persistent_workers=False):
+                pin_memory=False):
     """DataLoader over a PassSampler; training shuffles and drops the last partial batch,
-    evaluation yields lists of same-size batches (batches_by_size).
-
-    persistent_workers: keep the worker processes from one pass to the next (a Stream starts
-    a new pass every epoch or so; restarting workers costs seconds)."""
+    evaluation yields lists of same-size batches (batches_by_size). Worker processes are kept
+    from one pass to the next (a Stream starts a new pass every epoch or so, validation runs
+    every epoch; restarting workers costs seconds)."""
     sampler = PassSampler(len(dataset), shuffle=train, seed=seed, role=role, rank=rank,
                            world_size=world_size, pad=train)
     if train and len(sampler) < batch_size:
@@ -95,7 +94,7 @@ def make_loader(dataset, batch_size, seed, role, train, workers, rank=0, world_s
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                       pin_memory=pin_memory, drop_last=train,
                       collate_fn=None if train else batches_by_size,
-                      persistent_workers=persistent_workers and workers > 0)
+                      persistent_workers=workers > 0)
 
 
 def batches_by_size(items):

