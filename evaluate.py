@@ -20,7 +20,6 @@ sizes are printed with each result.
 """
 import math
 import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -83,9 +82,10 @@ def main(args):
         print(f"\n{name}\n  {args.split} of {data_root}: {len(val_set)} images, input "
               f"{sizes_text} (HxW), logits upsampled to labels {result['label_size']}")
         print(format_table(result))
-        if args.save_vis:
-            save_panels(models, sizes, val_set, device, Path(args.save_vis), args.vis_count,
-                        autocast)
+        if args.save_vis:    # several rows: one subfolder each, none overwrites another's
+            vis_dir = outputs.claim_folder(args.save_vis, "--save-vis", "evaluate")
+            vis_dir = vis_dir if len(groups) == 1 else vis_dir / f"row{len(rows)}"
+            save_panels(models, sizes, val_set, device, vis_dir, args.vis_count, autocast)
     if args.group_by_seed:   # runs that differ only in --seed: one row, mean ± std and n
         rows = seed_groups(rows, [group[0][2] for group in groups])
         print_seed_groups(rows, args.markdown)
@@ -97,7 +97,7 @@ def main(args):
 
 def save_panels(models, sizes, dataset, device, out_dir, count, autocast):
     """image | ground truth | prediction, in the Cityscapes colours, one PNG per image."""
-    outputs.claim_folder(out_dir, "--save-vis", "evaluate")
+    out_dir.mkdir(exist_ok=True)
     for i in range(min(count, len(dataset))):
         item = dataset[i]
         image = item["image"].unsqueeze(0).to(device)
@@ -173,7 +173,9 @@ def build_parser():
                    help="one row per group of runs that differ only in --seed: mean ± sample "
                         "std and n of each score")
     p.add_argument("--json", help="write the result(s) to this JSON file")
-    p.add_argument("--save-vis", metavar="DIR", help="write image | label | prediction panels")
+    p.add_argument("--save-vis", metavar="DIR",
+                   help="write image | label | prediction panels (several checkpoints: one "
+                        "subfolder per row, DIR/row1, DIR/row2, ... in the table's order)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.add_argument("--vis-count", type=cli.positive_int, default=20,
                    help="how many panels --save-vis writes")

@@ -5,13 +5,16 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ROOT, tiny_args
+from PIL import Image
 
 import evaluate
 import train_source
+from core.checkpoint import load_checkpoint, save_checkpoint
 from core.cli import entry
 from core.datasets import GTA5, Cityscapes
 from core.evaluation import load_model
@@ -91,6 +94,27 @@ def test_evaluate_matches_independent_confusion_matrix(trained, tiny_demo, tmp_p
     assert ens["miou"] == result["miou"] and ens["iou"] == result["iou"]
 
 
+def test_evaluate_writes_each_rows_panels_apart(trained, tmp_path):
+    """Several checkpoints with --save-vis: one subfolder per row, none overwritten by the
+    next row's panels of the same frames; the folder can be written again."""
+    other = tmp_path / "other.pth"          # the trained network with its classifier zeroed
+    state = load_checkpoint(trained / "last.pth")
+    state["model"] = {k: v.zero_() if k.startswith("classifier") else v
+                      for k, v in state["model"].items()}
+    save_checkpoint(state, other)
+    argv = [str(trained / "last.pth"), str(other), "--workers", "0", "--vis-count", "2",
+            "--save-vis", str(tmp_path / "vis")]
+    for _ in range(2):                      # the second time into its own earlier folder
+        evaluate.main(evaluate.parse_args(argv))
+    rows = [sorted((tmp_path / "vis" / row).glob("*.png")) for row in ("row1", "row2")]
+    assert [p.name for p in rows[0]] == [p.name for p in rows[1]] and len(rows[0]) == 2
+    for a, b in zip(*rows, strict=True):    # same image | label, different predictions
+        a, b = np.asarray(Image.open(a)), np.asarray(Image.open(b))
+        third = a.shape[1] // 3
+        assert np.array_equal(a[:, :2 * third], b[:, :2 * third])
+        assert not np.array_equal(a[:, 2 * third:], b[:, 2 * third:])
+
+
 def test_resume_continues_exactly(tiny_demo, tmp_path):
     extra = ("--epochs", 2, "--aug", "flip,scale,jitter", "--aug-p", 0.7)
     straight, split = tmp_path / "straight", tmp_path / "split"
@@ -148,7 +172,7 @@ def test_checkpoint_of_another_model_is_refused(trained, tmp_path):
     state = weights(trained / "best.pth")
     state["args"]["backbone"] = "resnet101"
     other = tmp_path / "other.pth"
-    torch.save(state, other)
+    save_checkpoint(state, other)
     with pytest.raises(SystemExit, match="does not fit the network"):
         entry(evaluate.main, lambda: evaluate.parse_args([str(other), "--workers", "0"]))
 
