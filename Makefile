@@ -24,7 +24,7 @@ demo: $(VENV)/installed
 	@if [ -f $(DEMO)/source/last.pth ]; then \
 		echo "continuing the earlier demo run in $(DEMO)/source"; \
 		$(PY) train_source.py --resume $(DEMO)/source/last.pth; \
-	else echo "training BiSeNet-R18 on the demo source (about 3 min on 2 CPU cores)"; \
+	else echo "training BiSeNet-R18 on the demo source (2-3 min on 2 CPU cores)"; \
 		$(PY) train_source.py --demo --out $(DEMO)/source; fi
 	$(PY) evaluate.py $(DEMO)/source/last.pth --markdown
 	$(PY) evaluate.py $(DEMO)/source/last.pth --dataset gta5 --data-root data/demo/gta5 \

@@ -79,7 +79,7 @@ def main():
     print("\n| training, train_source.py --demo | s/epoch | vs fp32 | wall min |\n"
           "|---|---:|---:|---:|")
     per_epoch = {}
-    for name, extra in (("fp32", ()), ("amp", ("--amp",))):
+    for name, extra in (("fp32", ("--no-amp",)), ("amp", ("--amp",))):   # (--demo's: native)
         wall = run("train_source.py", "--demo", "--epochs", args.epochs,
                    "--out", work / name, *extra)
         per_epoch[name] = float(np.mean(epoch_seconds(work / name)))

@@ -1,15 +1,16 @@
 """Wall time of the demo table's rows, each run as on a 2-CPU machine, several side by side.
 
     .venv/bin/python benchmarks/bench_demo_rows.py --minutes 5            # rows in parallel
-    .venv/bin/python benchmarks/bench_demo_rows.py --rows source adv-fcd --amp --cpus 2
+    .venv/bin/python benchmarks/bench_demo_rows.py --rows source adv-fcd --no-amp --cpus 2
 
 Each row of docs/demo-results.md's loop runs as a user runs it (`python train_*.py --demo
 ...`), pinned to its own --cpus logical CPUs (hyper-thread siblings first, like a cloud
 machine's vCPUs) with as many threads, for at most --minutes. Its seconds per epoch come from
 its metrics.jsonl; the row's time is the demo's 10 epochs at that rate plus its start-up (the
 time to its first iteration is not in the epochs' seconds; validation is). A machine with
-fewer CPUs than rows x --cpus runs fewer rows at a time (in order). --amp: every row with
---amp (bf16 only where the CPU has it: the header says).
+fewer CPUs than rows x --cpus runs fewer rows at a time (in order). Precision: the demo's
+default (--amp where the CPU has native bf16: the header says), or every row with --amp or
+--no-amp as given. The table ends with each row's last target val mIoU (finished rows).
 """
 import argparse
 import json
@@ -61,12 +62,16 @@ def start(name, argv, cpus, work):
                             preexec_fn=lambda: os.sched_setaffinity(0, cpus))
 
 
-def epoch_seconds(out):
+def epoch_records(out):
     path = out / "metrics.jsonl"
     if not path.exists():
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r["seconds"] for r in records if "val_miou" in r]
+    return [r for r in records if "val_miou" in r]
+
+
+def epoch_seconds(out):
+    return [r["seconds"] for r in epoch_records(out)]
 
 
 def main():
@@ -76,7 +81,8 @@ def main():
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--cpus", type=int, default=2, help="logical CPUs per row")
     p.add_argument("--minutes", type=float, default=5.0, help="per row at most")
-    p.add_argument("--amp", action="store_true", help="every row with --amp")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="every row with --amp / --no-amp (default: the demo's own)")
     p.add_argument("--work", type=Path, help="folder for the runs (default: temporary)")
     args = p.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="demo_rows_"))
@@ -95,7 +101,7 @@ def main():
         procs = {}
         for name, cpus in zip(batch, groups, strict=False):   # groups may outnumber rows
             argv = [a.format(teacher=work / "teacher" / "last.pth") for a in ROWS[name]]
-            argv += ["--amp"] if args.amp else []
+            argv += [] if args.amp is None else ["--amp" if args.amp else "--no-amp"]
             procs[name] = (start(name, argv, cpus, work), time.monotonic())
         deadline, first_epoch = time.monotonic() + 60 * args.minutes, {}
         while any(proc.poll() is None for proc, _ in procs.values()) and \
@@ -111,16 +117,17 @@ def main():
                 proc.kill()
             results[name] = (epoch_seconds(work / name), finished, time.monotonic() - began,
                              first_epoch.get(name), proc.returncode)
-    print("\n| row | epochs timed | s/epoch | start-up s | 10-epoch row, min | finished |\n"
-          "|---|---:|---:|---:|---:|---|")
+    print("\n| row | epochs timed | s/epoch | start-up s | 10-epoch row, min | finished | "
+          "last val mIoU |\n|---|---:|---:|---:|---:|---|---:|")
     for name, (seconds, finished, wall, startup, rc) in results.items():
         if not seconds or startup is None:
-            print(f"| {name} | 0 | - | - | - | no epoch in {wall / 60:.1f} min (rc {rc}) |")
+            print(f"| {name} | 0 | - | - | - | no epoch in {wall / 60:.1f} min (rc {rc}) | - |")
             continue
         rate = sum(seconds) / len(seconds)
         row = wall if finished else startup + DEMO_EPOCHS * rate
+        miou = epoch_records(work / name)[-1]["val_miou"]
         print(f"| {name} | {len(seconds)} | {rate:.1f} | {startup:.0f} | {row / 60:.1f} | "
-              f"{'yes' if finished else 'no: projected'} |", flush=True)
+              f"{'yes' if finished else 'no: projected'} | {100 * miou:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from core.flags import (
     probability,
 )
 from core.models import BACKBONES, MODEL_NAMES, model_options, resolve_backbone
+from core.precision import mixed_precision_is_native
 from demo import DEMO_ROOT, DemoPaths
 
 # Per-model optimisation defaults.
@@ -201,9 +202,10 @@ def add_run_args(p, default_out):
                    help="seed of every random draw (initial weights, data order, "
                         "augmentations); each torchrun process adds its rank")
     add_device_arg(g)
-    g.add_argument("--amp", action="store_true",
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision: bf16 on GPUs and CPUs that have it (lscpu: "
-                        "avx512_bf16/amx_bf16), fp16 with loss scaling on older GPUs (default off)")
+                        "avx512_bf16/amx_bf16), fp16 with loss scaling on older GPUs; default: "
+                        "off, with --demo on where the hardware has it (--no-amp: float32)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="networks and their inputs in channels_last (NHWC) memory layout, or "
                         "not; default: channels_last except where measured slower for that "
@@ -317,6 +319,8 @@ def resolve_defaults(args, parser):
         for name, value in DEMO_SETTINGS.items():
             if hasattr(args, name) and getattr(args, name) is None:
                 setattr(args, name, value)
+    if args.amp is None:    # --demo: mixed precision where it is native (docs/demo-results.md)
+        args.amp = bool(args.demo) and mixed_precision_is_native(args.device)
     for name, value in MODEL_DEFAULTS[args.model].items():
         if getattr(args, name) is None:
             setattr(args, name, value)

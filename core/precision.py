@@ -29,6 +29,15 @@ def cpu_has_native_bf16():
     return any(probe() for probe in probes if probe is not None)
 
 
+def mixed_precision_is_native(device_flag):
+    """Whether --amp acts for --device `device_flag` (auto, cpu, cuda): on a visible GPU, or
+    on a CPU with native bf16. The demo's default (docs/demo-results.md: every row in 10
+    minutes on a 2-core CPU without AMX only with it)."""
+    if device_flag != "cpu" and torch.cuda.is_available():
+        return True
+    return cpu_has_native_bf16()
+
+
 @functools.cache
 def _note_no_bf16():
     print("note: --amp has no effect on this CPU (no native bf16: lscpu shows neither "

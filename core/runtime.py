@@ -89,6 +89,10 @@ class Run:
         self.loading = LoadTimer(args) if self.device.type == "cuda" else None
         if getattr(args, "demo", False):
             self._make_demo()
+            if self.is_main and self.amp_dtype is not None:   # (core.cli: --demo's default)
+                print(f"--demo: {str(self.amp_dtype).removeprefix('torch.')} mixed precision "
+                      f"(--amp) on this {self.device.type.upper()}; --no-amp for float32",
+                      flush=True)
         seed_everything(args.seed + self.rank)
 
     def _make_demo(self):

@@ -10,6 +10,7 @@ from conftest import ROOT
 import core.cli
 import train_source
 from core.cli import MODEL_DEFAULTS
+from core.precision import mixed_precision_is_native
 
 SHORT = ["--epochs", "1", "--iters-per-epoch", "2", "--workers", "0"]
 
@@ -38,6 +39,9 @@ def test_demo_runs_end_to_end(script, extra, tmp_path, demo_env):
     assert "val mIoU" in printed
     start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert start["args"]["demo"] and start["args"]["pretrained"] == "none"
+    native = mixed_precision_is_native("auto")      # the demo's precision, said and stored
+    assert start["args"]["amp"] is native
+    assert ("mixed precision (--amp) on this" in printed) is native
     assert tuple(start["args"]["target_size"]) == (128, 256)
     printed = run(demo_env, "evaluate.py", out / "last.pth", "--workers", "0")
     assert "input 128x256 (HxW), logits upsampled to labels 256x512" in printed

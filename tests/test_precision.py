@@ -6,6 +6,9 @@ import pytest
 import torch
 from conftest import tiny_args
 
+import train_adv
+import train_fda
+import train_mpl
 import train_source
 from core import precision
 from core.evaluation import load_model, predict_logits
@@ -53,6 +56,24 @@ def trained(tiny_demo, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "fp32"
     train_source.main(train_source.parse_args(tiny_args(tiny_demo, out, "--epochs", 2)))
     return out / "last.pth"
+
+
+@pytest.mark.parametrize("module", [train_source, train_adv, train_fda, train_mpl])
+def test_demo_runs_in_mixed_precision_exactly_where_it_is_native(module, trained, bf16_cpu,
+                                                                  tmp_path):
+    """--demo's --amp default follows the CPU's bf16 (no note where it has none: the user did
+    not ask); --amp / --no-amp win; without --demo, float32 unless asked."""
+    extra = ["--out", str(tmp_path / "run"), "--device", "cpu"]
+    extra += ["--teacher", str(trained)] if module is train_mpl else []
+    without_demo = ["--source-root", "s", "--val-root", "v", "--target-root", "t"]
+    without_demo = without_demo if module is not train_source else without_demo[:4]
+    for native in (True, False):
+        bf16_cpu(native)
+        assert module.parse_args(["--demo", *extra]).amp is native
+        assert module.parse_args(["--demo", "--no-amp", *extra]).amp is False
+        assert module.parse_args(["--demo", "--amp", *extra]).amp is True
+        assert module.parse_args([*without_demo, *extra]).amp is False
+        assert module.parse_args([*without_demo, "--amp", *extra]).amp is True
 
 
 def test_amp_inference_is_bf16_and_close_to_fp32(trained, bf16_cpu):
