@@ -36,9 +36,14 @@ def target_dataset(args):
 
 
 def _maybe_prepared(dataset, args):
-    """With --prepared DIR, the dataset reads its prepared copy (the same items, made once)."""
+    """With --prepared DIR, the dataset reads its prepared copy (the same items, made once).
+    --dry-run writes nothing: it reads the sources, and the run makes the copy."""
     if getattr(args, "prepared", None):
-        use_prepared(dataset, args.prepared, workers=args.workers)
+        if getattr(args, "dry_run", False):
+            print(f"--dry-run: --prepared {args.prepared} not touched; the run prepares there "
+                  f"what is missing of {dataset!r}", flush=True)
+        else:
+            use_prepared(dataset, args.prepared, workers=args.workers)
     return dataset
 
 

@@ -56,6 +56,18 @@ def test_dry_run_prints_the_data_and_the_plan_and_writes_nothing(name, tiny_demo
     assert "no unknown id" in text and not out.exists()
 
 
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_dry_run_makes_no_prepared_copy(name, tiny_demo, tmp_path, capsys):
+    """--prepared DIR: the real run makes the copies there; a dry run neither makes nor
+    claims the folder, and says so once per set the run would prepare."""
+    prepared = tmp_path / "prepared"
+    text = dry_run(SCRIPTS[name], script_args(name, tiny_demo, tmp_path / "run", tmp_path,
+                                              "--prepared", prepared), capsys)
+    sets = 1 if name == "train_source" else 2            # the source; the target's images
+    assert text.count(f"--dry-run: --prepared {prepared} not touched") == sets
+    assert not prepared.exists() and "plan:" in text
+
+
 def test_dry_run_of_a_resumed_run_leaves_its_folder_as_it_was(tiny_demo, tmp_path, capsys):
     out = tmp_path / "run"
     argv = tiny_args(tiny_demo, out, "--batch-size", BATCH, "--epochs", 2, "--stop-after", 1)
