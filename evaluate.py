@@ -68,6 +68,7 @@ def main(args):
     names = [f"{name} (teacher)" for name in names] if net == "teacher" else names
 
     rows = []
+    vis_root = args.save_vis and outputs.claim_folder(args.save_vis, "--save-vis", "evaluate")
     for name, group in zip(names, groups, strict=True):
         models, sizes = [m for m, _, _ in group], [s for _, s, _ in group]
         result = evaluate(models, sizes, loader, device, NUM_CLASSES,
@@ -82,9 +83,8 @@ def main(args):
         print(f"\n{name}\n  {args.split} of {data_root}: {len(val_set)} images, input "
               f"{sizes_text} (HxW), logits upsampled to labels {result['label_size']}")
         print(format_table(result))
-        if args.save_vis:    # several rows: one subfolder each, none overwrites another's
-            vis_dir = outputs.claim_folder(args.save_vis, "--save-vis", "evaluate")
-            vis_dir = vis_dir if len(groups) == 1 else vis_dir / f"row{len(rows)}"
+        if vis_root:    # several rows: one subfolder each, none overwrites another's
+            vis_dir = vis_root if len(groups) == 1 else vis_root / f"row{len(rows)}"
             save_panels(models, sizes, val_set, device, vis_dir, args.vis_count, autocast)
     if args.group_by_seed:   # runs that differ only in --seed: one row, mean ± std and n
         rows = seed_groups(rows, [group[0][2] for group in groups])

@@ -115,17 +115,18 @@ def main():
             finished = proc.poll() is not None
             if not finished:
                 proc.kill()
-            results[name] = (epoch_seconds(work / name), finished, time.monotonic() - began,
+            results[name] = (epoch_records(work / name), finished, time.monotonic() - began,
                              first_epoch.get(name), proc.returncode)
     print("\n| row | epochs timed | s/epoch | start-up s | 10-epoch row, min | finished | "
           "last val mIoU |\n|---|---:|---:|---:|---:|---|---:|")
-    for name, (seconds, finished, wall, startup, rc) in results.items():
+    for name, (records, finished, wall, startup, rc) in results.items():
+        seconds = [r["seconds"] for r in records]
         if not seconds or startup is None:
             print(f"| {name} | 0 | - | - | - | no epoch in {wall / 60:.1f} min (rc {rc}) | - |")
             continue
         rate = sum(seconds) / len(seconds)
         row = wall if finished else startup + DEMO_EPOCHS * rate
-        miou = epoch_records(work / name)[-1]["val_miou"]
+        miou = records[-1]["val_miou"]
         print(f"| {name} | {len(seconds)} | {rate:.1f} | {startup:.0f} | {row / 60:.1f} | "
               f"{'yes' if finished else 'no: projected'} | {100 * miou:.2f} |", flush=True)
 
