@@ -20,6 +20,14 @@ Cityscapes' 2048x1024 and GTA5's 1914x1052 (a few GTA5 labels at another size, a
 set), with sensor noise so that the PNGs are as large as real ones (about 2 MB).
 The prepared copy goes to a temporary folder, never next to the data.
 
+    .venv/bin/python benchmarks/bench_loader.py --train --device cuda --workers 4 8
+
+--train also measures what training consumes: BiSeNet-R18 steps as train_source.py runs them
+with --amp (forward, the three outputs' cross-entropy, backward, fused SGD; no grad scaler)
+at the loader's batch and GTA5 size, on one batch kept on --device; a last table gives each
+loader's images/s as a share of that (1.00x or more: the loader keeps up, below: the device
+waits for it). Meant for a GPU: on a CPU the two compete for the same cores.
+
     .venv/bin/python benchmarks/bench_loader.py --aug [--device cuda]
 
 --aug compares, at equal workers, where the photometric augmentation (jitter, blur) runs on
@@ -42,10 +50,15 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `core`, `demo` live at the repo root
+from core.build import fused  # noqa: E402
 from core.datasets import GTA5, Cityscapes  # noqa: E402
+from core.labels import NUM_CLASSES  # noqa: E402
+from core.losses import cross_entropy, seg_loss_sum  # noqa: E402
+from core.models import build_model  # noqa: E402
+from core.precision import amp_dtype, set_memory_format  # noqa: E402
 from core.prepared import use_prepared  # noqa: E402
 from core.sampling import make_loader  # noqa: E402
-from core.transforms import apply_photometric, build_transforms  # noqa: E402
+from core.transforms import apply_photometric, build_transforms, normalize  # noqa: E402
 from demo import render_frame  # noqa: E402
 from demo.write import STREAM_SOURCE, STREAM_TARGET_TRAIN, palette_bytes  # noqa: E402
 
@@ -118,13 +131,17 @@ class InWorkers:
         return image, label, None
 
 
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def on_device(batch, device):
     """What Run.to_device does with a batch: transfer, then its photometric ops."""
     images = batch["image"].to(device, non_blocking=True)
     if "photometric" in batch:
         images = apply_photometric(images, batch["photometric"])
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    sync(device)
     return images
 
 
@@ -154,6 +171,33 @@ def measure(routes, workers, args, device=None):
     return {name: statistics.median(r) for name, r in rates.items()}
 
 
+def training_images_per_second(batch, size, device, seconds):
+    """Images/s that BiSeNet-R18 training takes in on `device`, as train_source.py --amp steps
+    (channels_last and the autocast dtype where the device has them), the loader left out."""
+    dtype = amp_dtype(device, True)
+    model = build_model("bisenet", NUM_CLASSES, "resnet18", pretrained="none").to(device)
+    model = set_memory_format(model, device, dtype).train()
+    optimizer = fused(torch.optim.SGD, model.parameters(), lr=1e-6, momentum=0.9)
+    images = torch.randint(0, 256, (batch, 3, *size), dtype=torch.uint8, device=device)
+    labels = torch.randint(0, NUM_CLASSES, (batch, *size), device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            loss = seg_loss_sum(cross_entropy, model(normalize(images)), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    for _ in range(2):                # warm-up (cuDNN's algorithm search, allocator)
+        step()
+    sync(device)
+    n, start = 0, time.perf_counter()
+    while n == 0 or time.perf_counter() - start < seconds:
+        step()
+        sync(device)
+        n += batch
+    return n / (time.perf_counter() - start), dtype
+
+
 def check_identical(raw, prepared, n=4):
     """The prepared route must give the raw route's items: labels exactly, images exactly."""
     worst = 0
@@ -180,7 +224,11 @@ def main():
     p.add_argument("--aug", action="store_true",
                    help="compare photometric augmentation in the workers and on --device")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--train", action="store_true",
+                   help="also what BiSeNet-R18 training consumes on --device (images/s)")
     args = p.parse_args()
+    if args.aug and args.train:
+        p.error("--train goes with the raw/prepared tables (their +aug row included), not --aug")
     torch.set_num_threads(1)
     # More workers than cores is one of the settings measured, not a mistake here.
     warnings.filterwarnings("ignore", message="This DataLoader will create")
@@ -208,6 +256,8 @@ def main():
                   f"(2 workers), max image difference "
                   f"{check_identical(ds, variant(ds, copies[name], None))}, labels identical",
                   flush=True)
+        consumed = args.train and training_images_per_second(
+            args.batch_size, GTA5_SIZE, torch.device(args.device), args.seconds * args.repeats)
         aug = build_transforms(AUG, p=0.5)
         cases = [("source", "GTA5 1280x720", source, None),
                  ("source", f"GTA5 1280x720 +aug {AUG}", source, aug),
@@ -217,7 +267,7 @@ def main():
         print(f"\nimages/s, median of {args.repeats} (batch {args.batch_size}, "
               f"{args.frames} items, {args.format} copy)\n")
         print("| loader | workers | raw | prepared | speed-up |\n|---|---:|---:|---:|---:|")
-        ratios = {}
+        ratios, supplied = {}, []
         for role, label, ds, transform in cases:
             routes = {"raw": variant(ds, None, transform),
                       "prepared": variant(ds, copies[role], transform)}
@@ -228,10 +278,24 @@ def main():
                     ratios.setdefault((role, label), []).append(ratio)
                 print(f"| {role} {label} | {w} | {r['raw']:.1f} | {r['prepared']:.1f} | "
                       f"{ratio:.2f}x |", flush=True)
+                if role == "source":
+                    supplied.append((label, w, r["raw"], r["prepared"]))
     print(f"\n({time.perf_counter() - started:.0f} s in all)")
     for (role, label), rs in ratios.items():
         print(f"{role} {label}, prepared vs raw at {'/'.join(map(str, args.workers))} "
               f"workers: {' '.join(f'{r:.1f}x' for r in rs)}; at least {min(rs):.1f}x")
+    if consumed:
+        print_supply_against_training(supplied, *consumed, args)
+
+
+def print_supply_against_training(supplied, consumed, dtype, args):
+    precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+    print(f"\ntraining BiSeNet-R18 ({precision}, batch {args.batch_size} at "
+          f"{GTA5_SIZE[0]}x{GTA5_SIZE[1]}) on {args.device} takes in {consumed:.1f} images/s; "
+          f"what each source loader supplies, as a share of that:\n")
+    print("| loader | workers | raw | prepared |\n|---|---:|---:|---:|")
+    for label, w, raw, prepared in supplied:
+        print(f"| {label} | {w} | {raw / consumed:.2f}x | {prepared / consumed:.2f}x |")
 
 
 def compare_photometric(source, args, started):
