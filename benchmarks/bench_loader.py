@@ -195,7 +195,7 @@ def training_images_per_second(batch, size, device, seconds):
         step()
         sync(device)
         n += batch
-    return n / (time.perf_counter() - start), dtype
+    return n / (time.perf_counter() - start)
 
 
 def check_identical(raw, prepared, n=4):
@@ -285,10 +285,11 @@ def main():
         print(f"{role} {label}, prepared vs raw at {'/'.join(map(str, args.workers))} "
               f"workers: {' '.join(f'{r:.1f}x' for r in rs)}; at least {min(rs):.1f}x")
     if consumed:
-        print_supply_against_training(supplied, *consumed, args)
+        print_supply_against_training(supplied, consumed, args)
 
 
-def print_supply_against_training(supplied, consumed, dtype, args):
+def print_supply_against_training(supplied, consumed, args):
+    dtype = amp_dtype(torch.device(args.device), True)      # the one training ran in
     precision = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
     print(f"\ntraining BiSeNet-R18 ({precision}, batch {args.batch_size} at "
           f"{GTA5_SIZE[0]}x{GTA5_SIZE[1]}) on {args.device} takes in {consumed:.1f} images/s; "
